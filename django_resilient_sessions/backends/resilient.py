@@ -1,0 +1,338 @@
+"""The resilient session engine (``SESSION_ENGINE``).
+
+A session lives in Redis (through django-redis) and, after every save, in an
+encrypted backup cookie that :mod:`..middleware` carries.  With the cache
+healthy this engine behaves like ``django.contrib.sessions.backends.cache``.
+When the cache fails, a request is served from its backup; when it answers
+again, a backup newer than the cache copy, or one whose copy was lost, is
+written back.  A backup holding a login is used only while that session's
+``UserSession`` row is active, so ended sessions never come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+from django.contrib.sessions.backends.base import (
+    VALID_KEY_CHARS,
+    CreateError,
+    SessionBase,
+    UpdateError,
+)
+from django.db import DatabaseError
+from django.utils.crypto import get_random_string
+
+from .. import codec, cookies, health, signals, tracking
+from ..cachecopy import Entry, SessionCache, hash_key
+from ..conf import AUTH_KEYS, conf
+from ..exceptions import CacheUnavailable
+from ..models import EndReason
+
+__all__ = ["ClientInfo", "SessionStore"]
+
+logger = logging.getLogger("django_resilient_sessions")
+security_logger = logging.getLogger("django.security.SuspiciousSession")
+
+
+class ClientInfo:
+    """Who is on the other end, as the middleware saw it (read at login only)."""
+
+    def __init__(self, ip: str | None = None, user_agent: str = "") -> None:
+        self.ip = ip
+        self.user_agent = user_agent
+
+
+class SessionStore(SessionBase):
+    """Redis first, encrypted backup cookie second; see the module docstring."""
+
+    def __init__(
+        self,
+        session_key: str | None = None,
+        *,
+        backup: str | None = None,
+        client: ClientInfo | None = None,
+    ) -> None:
+        super().__init__(session_key)
+        self._cache = SessionCache(settings.SESSION_CACHE_ALIAS)
+        self.backup_token = backup
+        self.client = client or ClientInfo()
+        #: True when this request could not use the cache.
+        self.degraded = False
+        #: Where the data came from: "cache", "backup" or None (new or not loaded).
+        self.source: str | None = None
+        #: The backup made by the last save (None: none fits, or not saved).
+        self.sealed: cookies.Sealed | None = None
+        #: The request's backup was invalid or ended: the middleware deletes it.
+        self.backup_rejected = False
+        #: The client's backup is missing or stale: the middleware saves to renew it.
+        self.needs_backup = False
+        #: Keep the session cookie although the session is empty (cache down, no backup).
+        self.keep_cookie = False
+        self._version = 0
+        self._touched = 0.0
+        self._partial = False
+        self._user: str | None = None
+        self._loaded = False
+
+    @property
+    def key_hash(self) -> str:
+        return hash_key(self.session_key) if self.session_key else ""
+
+    # Loading ---------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        key_hash = self.key_hash
+        self._loaded = True
+        try:
+            entry = self._cache.get(key_hash)
+        except CacheUnavailable:
+            self.degraded = True
+            backup = self._trusted_backup(key_hash, "cache_unavailable")
+            if backup is None:
+                # Unknown key, unverifiable: never adopt it (fixation), but
+                # leave the cookie alone, the session may be fine in Redis.
+                self.keep_cookie = True
+                return self._forget_key()
+            self._partial = backup.partial
+            return self._adopt(backup.version, backup.data, "backup")
+        if entry is None:
+            backup = self._trusted_backup(key_hash, "cache_miss")
+            if backup is None:
+                return self._forget_key()
+            self._write_back(key_hash, backup.version, backup.data, backup.expires_at, nx=True)
+            return self._adopt(backup.version, backup.data, "backup")
+        self._touched = entry.touched
+        if self.backup_token and codec.token_tag(self.backup_token) != entry.backup_tag:
+            newer = self._newer_backup(key_hash, entry)
+            if newer is not None:
+                return newer
+            self.needs_backup = True
+        elif not self.backup_token:
+            self.needs_backup = True
+        return self._adopt(entry.version, entry.data, "cache")
+
+    def _newer_backup(self, key_hash: str, entry: Entry) -> dict[str, Any] | None:
+        backup = self._open_backup()
+        if backup is None or backup.version <= entry.version:
+            return None
+        trusted = self._vet(backup, key_hash, "newer_backup")
+        if trusted is None:
+            return None
+        data = trusted.data
+        if trusted.partial:
+            essential = set(conf.ESSENTIAL_KEYS)
+            data = {k: v for k, v in entry.data.items() if k not in essential} | data
+        self._write_back(key_hash, trusted.version, data, trusted.expires_at, nx=False)
+        return self._adopt(trusted.version, data, "backup")
+
+    def _adopt(self, version: int, data: dict[str, Any], source: str) -> dict[str, Any]:
+        self._version = version
+        self._user = data.get(SESSION_KEY)
+        self.source = source
+        return data
+
+    def _forget_key(self) -> dict[str, Any]:
+        self._session_key = None
+        self._version = 0
+        return {}
+
+    def _open_backup(self) -> codec.Backup | None:
+        if not self.backup_token or not self.session_key:
+            return None
+        backup = codec.open_token(
+            self.backup_token, self.session_key, self.serializer, cookies.max_token_chars()
+        )
+        if backup is None:
+            self.backup_rejected = True
+            health.count("backups_rejected")
+        return backup
+
+    def _trusted_backup(self, key_hash: str, reason: str) -> codec.Backup | None:
+        backup = self._open_backup()
+        return None if backup is None else self._vet(backup, key_hash, reason)
+
+    def _vet(self, backup: codec.Backup, key_hash: str, reason: str) -> codec.Backup | None:
+        """Apply the never-resurrect rule to a backup that decrypted."""
+        user_id = backup.data.get(SESSION_KEY)
+        if user_id is not None:
+            try:
+                active = tracking.is_active(key_hash, user_id)
+            except DatabaseError:
+                if conf.FAIL_CLOSED:
+                    logger.warning("Database unavailable: backup restored without its login.")
+                    backup.data = {k: v for k, v in backup.data.items() if k not in AUTH_KEYS}
+                else:
+                    logger.warning("Database unavailable: backup login trusted (FAIL_CLOSED off).")
+                active = True
+            if not active:
+                security_logger.warning("Backup of an ended or revoked session refused.")
+                self.backup_rejected = True
+                health.count("backups_rejected")
+                _send(signals.backup_rejected, key_hash=key_hash, reason=reason)
+                return None
+        health.count("restored_from_backup")
+        _send(signals.session_restored, key_hash=key_hash, reason=reason, partial=backup.partial)
+        return backup
+
+    def _write_back(
+        self, key_hash: str, version: int, data: dict[str, Any], expires_at: int, *, nx: bool
+    ) -> None:
+        entry = Entry(version, data, codec.token_tag(self.backup_token or ""), self._touched)
+        try:
+            self._cache.put(key_hash, entry, expires_at - int(time.time()), nx=nx)
+            health.count("written_back")
+        except CacheUnavailable:
+            self.degraded = True
+
+    # Saving ----------------------------------------------------------------
+
+    def create(self) -> None:
+        for _ in range(100):
+            # No exists() round trip: SET NX in save() detects a collision.
+            self._session_key = get_random_string(32, VALID_KEY_CHARS)
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError("Unable to create a new session key.")
+
+    def save(self, must_create: bool = False) -> None:
+        if self.session_key is None:
+            return self.create()
+        data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
+        key_hash = self.key_hash
+        version = self._version + 1
+        now = time.time()
+        age = self.get_expiry_age()
+        expires_at = int(now) + age
+        track = self._tracking_due(data, now)
+        sealed = cookies.seal_within_budget(
+            codec.Backup(version, expires_at, data, self._partial),
+            self.session_key,
+            self.serializer,
+        )
+        touched = now if track else self._touched
+        entry = Entry(version, data, codec.token_tag(sealed.token) if sealed else "", touched)
+        try:
+            if must_create:
+                if not self._cache.put(key_hash, entry, age, nx=True):
+                    raise CreateError
+            elif self.source == "backup":
+                # Vetted backup data: its cache copy may be gone (restart).
+                self._cache.put(key_hash, entry, age)
+            elif not self._cache.put(key_hash, entry, age, xx=True):
+                raise UpdateError
+        except CacheUnavailable:
+            self.degraded = True
+            health.count("degraded_saves")
+        self._version = version
+        self._record(sealed, key_hash)
+        if track:
+            self._track(data, key_hash, expires_at, now)
+
+    def _tracking_due(self, data: dict[str, Any], now: float) -> bool:
+        user = data.get(SESSION_KEY)
+        if user != self._user:
+            return True
+        return user is not None and now - self._touched >= conf.ACTIVITY_UPDATE_INTERVAL
+
+    def _track(self, data: dict[str, Any], key_hash: str, expires_at: int, now: float) -> None:
+        user = data.get(SESSION_KEY)
+        expires = datetime.fromtimestamp(expires_at, tz=dt_timezone.utc)
+        try:
+            if user != self._user:
+                if self._user is not None:
+                    tracking.end([key_hash], str(EndReason.REPLACED))
+                if user is not None:
+                    tracking.start(key_hash, user, expires, self.client.ip, self.client.user_agent)
+            else:
+                tracking.touch(key_hash, expires)
+        except DatabaseError:
+            logger.exception("Could not record session activity; the session goes on.")
+            return
+        self._user = user
+        self._touched = now
+
+    def _record(self, sealed: cookies.Sealed | None, key_hash: str) -> None:
+        self.sealed = sealed
+        if sealed is None:
+            health.count("backups_omitted")
+            return
+        health.count("backups_written")
+        if sealed.partial and sealed.dropped:
+            health.count("backups_partial")
+            _send(
+                signals.backup_truncated,
+                key_hash=key_hash,
+                dropped=sealed.dropped,
+                budget=cookies.max_token_chars(),
+            )
+
+    # Keys and deletion -----------------------------------------------------
+
+    def exists(self, session_key: str) -> bool:
+        if not session_key:
+            return False
+        try:
+            return self._cache.exists(hash_key(session_key))
+        except CacheUnavailable:
+            self.degraded = True
+            return False
+
+    def delete(self, session_key: str | None = None) -> None:
+        own = session_key is None or session_key == self.session_key
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        key_hash = hash_key(session_key)
+        # A session loaded without a login has no row: skip the query.
+        anonymous = own and self._loaded and self._user is None
+        try:
+            if anonymous:
+                tracking.purge([key_hash])
+            else:
+                tracking.end([key_hash], str(EndReason.LOGOUT if own else EndReason.REVOKED))
+        except DatabaseError:
+            logger.exception("Could not record the end of a session.")
+        if own:
+            self._user = None
+            self._version = 0
+
+    def cycle_key(self) -> None:
+        data = self._session  # type: ignore[attr-defined]
+        old_key = self.session_key
+        user = self._user
+        self.create()
+        self._session_cache = data
+        if not old_key:
+            return
+        old_hash = hash_key(old_key)
+        try:
+            tracking.purge([old_hash])
+            if user is not None and not tracking.rekey(old_hash, self.key_hash):
+                self._user = None  # no row to move: the next save starts one
+        except DatabaseError:
+            logger.exception("Could not move the session's tracking row to its new key.")
+
+    async def acycle_key(self) -> None:
+        await sync_to_async(self.cycle_key)()
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        tracking.clear_expired()
+
+
+def _send(signal: Any, **kwargs: Any) -> None:
+    for receiver, result in signal.send_robust(sender=SessionStore, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("Receiver %r of a session signal failed: %r", receiver, result)

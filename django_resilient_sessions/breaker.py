@@ -1,0 +1,113 @@
+"""A per-process circuit breaker in front of the session cache.
+
+After a failure the cache is skipped for ``BREAKER_COOLDOWN`` seconds; then one
+caller is let through as a probe while the others keep skipping.  A probe that
+succeeds closes the breaker; one that fails opens it for another cool-down.  So
+a hung Redis costs one socket timeout per process per cool-down, not one per
+request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .conf import conf
+
+__all__ = ["CircuitBreaker", "get_breaker", "reset_breakers"]
+
+logger = logging.getLogger("django_resilient_sessions")
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self.state = CLOSED
+        self._retry_at = 0.0
+        self.opened_at: float | None = None
+        self.last_error = ""
+        self.failures = 0
+        self.trips = 0
+
+    def allow(self) -> bool | None:
+        """``True`` to go ahead, ``None`` to go ahead as the probe, ``False`` to skip."""
+        if self.state == CLOSED:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            # A probe that never reported back (its thread died) does not
+            # hold the breaker half open for ever: the next cool-down frees it.
+            if self.state != CLOSED and now >= self._retry_at:
+                self.state = HALF_OPEN
+                self._retry_at = now + conf.BREAKER_COOLDOWN
+                return None
+            return self.state == CLOSED
+
+    def succeeded(self) -> float | None:
+        """Record a success; returns the outage's length when this closed the breaker."""
+        if self.state == CLOSED:
+            return None
+        with self._lock:
+            if self.state == CLOSED:
+                return None
+            self.state = CLOSED
+            downtime = time.monotonic() - (self.opened_at or time.monotonic())
+            self.opened_at = None
+        logger.warning("Session cache %r answers again after %.1f s.", self.name, downtime)
+        return downtime
+
+    def failed(self, error: BaseException) -> bool:
+        """Record a failure; returns ``True`` when this opened a closed breaker."""
+        with self._lock:
+            self.failures += 1
+            self.last_error = f"{type(error).__name__}: {error}"
+            was_closed = self.state == CLOSED
+            self.state = OPEN
+            self._retry_at = time.monotonic() + conf.BREAKER_COOLDOWN
+            if was_closed:
+                self.opened_at = time.monotonic()
+                self.trips += 1
+        if was_closed:
+            logger.error(
+                "Session cache %r failed (%s); serving sessions from backups for %.1f s.",
+                self.name,
+                self.last_error,
+                conf.BREAKER_COOLDOWN,
+            )
+        return was_closed
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "open_for": round(time.monotonic() - self.opened_at, 3) if self.opened_at else 0.0,
+            "failures": self.failures,
+            "trips": self.trips,
+            "last_error": self.last_error,
+        }
+
+
+_breakers: dict[str, CircuitBreaker] = {}
+_registry_lock = threading.Lock()
+
+
+def get_breaker(alias: str) -> CircuitBreaker:
+    try:
+        return _breakers[alias]
+    except KeyError:
+        with _registry_lock:
+            return _breakers.setdefault(alias, CircuitBreaker(alias))
+
+
+def all_breakers() -> dict[str, CircuitBreaker]:
+    return dict(_breakers)
+
+
+def reset_breakers() -> None:
+    """Forget every breaker's state (for tests, and after reconfiguring caches)."""
+    with _registry_lock:
+        _breakers.clear()

@@ -1,0 +1,148 @@
+"""The cache copy of a session, in Redis through django-redis.
+
+Entries are keyed by the SHA-256 of the session key, so a dump of Redis holds
+no usable key.  Each operation is one Redis command on the primary (``SET`` with
+``NX``/``XX`` instead of a ``GET`` then a ``SET``), goes through the alias's
+circuit breaker, and turns every Redis failure into :class:`CacheUnavailable`.
+Values go through django-redis's own serializer and compressor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.core.cache import caches
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
+
+from . import health, signals
+from .breaker import get_breaker
+from .conf import conf
+from .exceptions import CacheUnavailable
+
+__all__ = ["Entry", "SessionCache", "hash_key"]
+
+logger = logging.getLogger("django_resilient_sessions")
+T = TypeVar("T")
+
+# What counts as "the cache is unavailable": any Redis error (refused,
+# timeout, READONLY replica, LOADING, no master from Sentinel...), socket
+# errors that escaped redis-py, and django-redis's wrapper of them.
+CACHE_ERRORS = (RedisError, ConnectionInterrupted, OSError)
+
+
+def hash_key(session_key: str) -> str:
+    """The name a session goes by in Redis and in the database."""
+    return hashlib.sha256(session_key.encode()).hexdigest()
+
+
+@dataclass
+class Entry:
+    """A session's cache copy: data plus what the engine needs beside it."""
+
+    version: int
+    data: dict[str, Any]
+    backup_tag: str = ""
+    touched: float = 0.0
+
+    def dump(self) -> list[Any]:
+        return [self.version, self.data, self.backup_tag, self.touched]
+
+    @classmethod
+    def load(cls, value: Any) -> Entry | None:
+        if (
+            isinstance(value, (list, tuple))
+            and len(value) == 4
+            and isinstance(value[0], int)
+            and isinstance(value[1], dict)
+        ):
+            return cls(value[0], value[1], str(value[2]), float(value[3]))
+        return None
+
+
+class SessionCache:
+    """The session alias of ``CACHES``, seen as a store of :class:`Entry`."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.backend: Any = caches[alias]
+        self.breaker = get_breaker(alias)
+
+    def _key(self, key_hash: str) -> Any:
+        return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + key_hash)
+
+    def _call(self, operation: Callable[[Any], T]) -> T:
+        allowed = self.breaker.allow()
+        if allowed is False:
+            health.count("cache_skipped")
+            raise CacheUnavailable(self.alias)
+        try:
+            client = self.backend.client.get_client(write=True)
+            if allowed is None:
+                client.ping()
+                self._closed()
+            return operation(client)
+        except CACHE_ERRORS as error:
+            health.count("cache_errors")
+            if self.breaker.failed(error):
+                _send(signals.cache_lost, alias=self.alias, error=error)
+            raise CacheUnavailable(self.alias) from error
+
+    def _closed(self) -> None:
+        downtime = self.breaker.succeeded()
+        if downtime is not None:
+            # Receivers (tracking) purge what was revoked during the outage
+            # before this probe's own operation is served from the cache.
+            _send(signals.cache_recovered, alias=self.alias, downtime=downtime)
+
+    def get(self, key_hash: str) -> Entry | None:
+        raw = self._call(lambda client: client.get(self._key(key_hash)))
+        if raw is None:
+            health.count("cache_misses")
+            return None
+        try:
+            entry = Entry.load(self.backend.client.decode(raw))
+        # A value this engine did not write (another serializer, a foreign
+        # key under our prefix) cannot be a session: treat it as a miss.
+        except Exception:
+            logger.warning("Unreadable session cache entry %s treated as missing.", key_hash[:12])
+            entry = None
+        health.count("cache_hits" if entry is not None else "cache_misses")
+        return entry
+
+    def put(
+        self, key_hash: str, entry: Entry, ttl: int, *, nx: bool = False, xx: bool = False
+    ) -> bool:
+        """Write ``entry``; ``False`` when ``nx``/``xx`` stopped the write."""
+        if ttl <= 0:
+            self.delete([key_hash])
+            return True
+        value = self.backend.client.encode(entry.dump())
+        key = self._key(key_hash)
+        return bool(self._call(lambda client: client.set(key, value, px=ttl * 1000, nx=nx, xx=xx)))
+
+    def exists(self, key_hash: str) -> bool:
+        return bool(self._call(lambda client: client.exists(self._key(key_hash))))
+
+    def delete(self, key_hashes: Iterable[str]) -> int:
+        keys = [self._key(h) for h in key_hashes]
+        if not keys:
+            return 0
+        return int(self._call(lambda client: client.delete(*keys)))
+
+    def ping_ms(self) -> float:
+        """Round-trip time of a PING in milliseconds (for health reports)."""
+        start = time.perf_counter()
+        self._call(lambda client: client.ping())
+        return (time.perf_counter() - start) * 1000
+
+
+def _send(signal: Any, **kwargs: Any) -> None:
+    for receiver, result in signal.send_robust(sender=SessionCache, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("Receiver %r of a session signal failed: %r", receiver, result)

@@ -1,0 +1,230 @@
+"""System checks: a misconfiguration is an error with a stable ID, not a surprise.
+
+==========================================  =====================================================
+ID                                          problem
+==========================================  =====================================================
+``django_resilient_sessions.E001``          ``RESILIENT_SESSIONS`` is not a dict
+``django_resilient_sessions.E002``          unknown key in ``RESILIENT_SESSIONS``
+``django_resilient_sessions.E003``          bad value for a key
+``django_resilient_sessions.E004``          engine is ours, our middleware is missing
+``django_resilient_sessions.E005``          Django's ``SessionMiddleware`` is installed beside ours
+``django_resilient_sessions.E006``          ``SESSION_CACHE_ALIAS`` is not in ``CACHES``
+``django_resilient_sessions.E007``          that cache is not django-redis
+``django_resilient_sessions.E008``          ``IGNORE_EXCEPTIONS`` is on for it
+``django_resilient_sessions.E009``          backup cookie name clashes with another cookie
+``django_resilient_sessions.W001``          no socket timeouts on the session cache
+``django_resilient_sessions.W002``          our middleware without our engine
+``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
+``django_resilient_sessions.W004``          (deploy) ``SESSION_COOKIE_HTTPONLY`` is off
+==========================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+from .conf import DEFAULTS
+
+ENGINE = "django_resilient_sessions.backends.resilient"
+MIDDLEWARE = "django_resilient_sessions.middleware.SessionMiddleware"
+DJANGO_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+ID = "django_resilient_sessions."
+COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _importable(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return callable(import_string(value))
+    # import_string raises ImportError, but a broken module may raise anything.
+    except Exception:
+        return False
+
+
+VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "BACKUP_COOKIE_NAME": (
+        lambda v: isinstance(v, str) and bool(COOKIE_NAME.match(v)),
+        "a cookie name (letters, digits, !#$%&'*+-.^_`|~)",
+    ),
+    "BACKUP_COOKIE_MAX_BYTES": (_int_in(1024, 4096), "an integer from 1024 to 4096"),
+    "BACKUP_COOKIE_MAX_CHUNKS": (_int_in(1, 8), "an integer from 1 to 8"),
+    "ESSENTIAL_KEYS": (
+        lambda v: isinstance(v, (list, tuple)) and all(isinstance(k, str) for k in v),
+        "a list of session key names",
+    ),
+    "BREAKER_COOLDOWN": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 3600,
+        "a number of seconds above 0 and at most 3600",
+    ),
+    "FAIL_CLOSED": (lambda v: isinstance(v, bool), "True or False"),
+    "CACHE_KEY_PREFIX": (lambda v: isinstance(v, str), "a string"),
+    "ACTIVITY_UPDATE_INTERVAL": (_int_in(0, 86400), "an integer number of seconds, 0 to 86400"),
+    "TRACK_IP": (lambda v: isinstance(v, bool), "True or False"),
+    "IP_RESOLVER": (_importable, "None or the dotted path of a callable(request)"),
+    "ENDED_RETENTION_DAYS": (_int_in(0, 3650), "an integer number of days, 0 to 3650"),
+    "CLEANUP_BATCH_SIZE": (_int_in(1, 100_000), "an integer from 1 to 100000"),
+}
+assert VALIDATORS.keys() == DEFAULTS.keys()
+
+
+@register()
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    options = getattr(settings, "RESILIENT_SESSIONS", {})
+    if not isinstance(options, dict):
+        return [Error("RESILIENT_SESSIONS must be a dict.", id=ID + "E001")]
+    errors: list[CheckMessage] = []
+    for key in sorted(options):
+        if key not in DEFAULTS:
+            errors.append(
+                Error(
+                    f"Unknown key {key!r} in RESILIENT_SESSIONS.",
+                    hint="Known keys: " + ", ".join(sorted(DEFAULTS)) + ".",
+                    id=ID + "E002",
+                )
+            )
+        elif not VALIDATORS[key][0](options[key]):
+            errors.append(
+                Error(
+                    f"RESILIENT_SESSIONS[{key!r}] is {options[key]!r}.",
+                    hint=f"It must be {VALIDATORS[key][1]}.",
+                    id=ID + "E003",
+                )
+            )
+    name = options.get("BACKUP_COOKIE_NAME", DEFAULTS["BACKUP_COOKIE_NAME"])
+    taken = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME, settings.LANGUAGE_COOKIE_NAME}
+    if name in taken:
+        errors.append(
+            Error(
+                f"The backup cookie name {name!r} is already used by another Django cookie.",
+                hint="Set RESILIENT_SESSIONS['BACKUP_COOKIE_NAME'] to another name.",
+                id=ID + "E009",
+            )
+        )
+    return errors
+
+
+@register()
+def check_wiring(**kwargs: Any) -> list[CheckMessage]:
+    middleware = list(settings.MIDDLEWARE)
+    ours_engine = settings.SESSION_ENGINE == ENGINE
+    ours_middleware = MIDDLEWARE in middleware
+    errors: list[CheckMessage] = []
+    if ours_engine and not ours_middleware:
+        errors.append(
+            Error(
+                "SESSION_ENGINE is the resilient engine but its middleware is not installed: "
+                "no backup cookie is ever written.",
+                hint=f"Replace {DJANGO_MIDDLEWARE!r} with {MIDDLEWARE!r} in MIDDLEWARE.",
+                id=ID + "E004",
+            )
+        )
+    if ours_middleware and DJANGO_MIDDLEWARE in middleware:
+        errors.append(
+            Error(
+                "Both Django's SessionMiddleware and the resilient one are installed.",
+                hint=f"Remove {DJANGO_MIDDLEWARE!r} from MIDDLEWARE.",
+                id=ID + "E005",
+            )
+        )
+    if ours_middleware and not ours_engine:
+        errors.append(
+            Warning(
+                "The resilient SessionMiddleware is installed but SESSION_ENGINE is "
+                f"{settings.SESSION_ENGINE!r}: sessions have no backup.",
+                hint=f"Set SESSION_ENGINE = {ENGINE!r}.",
+                id=ID + "W002",
+            )
+        )
+    if ours_engine:
+        errors.extend(_check_cache())
+    return errors
+
+
+def _check_cache() -> list[CheckMessage]:
+    alias = settings.SESSION_CACHE_ALIAS
+    config = settings.CACHES.get(alias)
+    if config is None:
+        return [
+            Error(
+                f"SESSION_CACHE_ALIAS {alias!r} is not in CACHES.",
+                hint="Add a django-redis cache under that alias.",
+                id=ID + "E006",
+            )
+        ]
+    try:
+        from django_redis.cache import RedisCache
+
+        backend = import_string(config.get("BACKEND", ""))
+        is_redis = isinstance(backend, type) and issubclass(backend, RedisCache)
+    # A wrong dotted path raises ImportError; a broken module may raise anything.
+    except Exception:
+        is_redis = False
+    if not is_redis:
+        return [
+            Error(
+                f"The session cache {alias!r} is {config.get('BACKEND')!r}, not django-redis.",
+                hint="Use BACKEND 'django_redis.cache.RedisCache' for the session cache.",
+                id=ID + "E007",
+            )
+        ]
+    options = config.get("OPTIONS", {})
+    errors: list[CheckMessage] = []
+    ignore = options.get(
+        "IGNORE_EXCEPTIONS", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)
+    )
+    if ignore:
+        errors.append(
+            Error(
+                f"IGNORE_EXCEPTIONS is on for the session cache {alias!r}: outages look like "
+                "missing sessions, so users are logged out instead of served from backups.",
+                hint="Use a separate cache alias for sessions without IGNORE_EXCEPTIONS.",
+                id=ID + "E008",
+            )
+        )
+    missing = [k for k in ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT") if not options.get(k)]
+    if missing:
+        errors.append(
+            Warning(
+                f"The session cache {alias!r} has no {' or '.join(missing)}: a hung Redis "
+                "makes the probe request wait for the operating system's timeout.",
+                hint="Set OPTIONS SOCKET_TIMEOUT and SOCKET_CONNECT_TIMEOUT, e.g. 0.25 seconds.",
+                id=ID + "W001",
+            )
+        )
+    return errors
+
+
+@register(Tags.security, deploy=True)
+def check_cookie_flags(**kwargs: Any) -> list[CheckMessage]:
+    if settings.SESSION_ENGINE != ENGINE:
+        return []
+    warnings: list[CheckMessage] = []
+    if not settings.SESSION_COOKIE_SECURE:
+        warnings.append(
+            Warning(
+                "SESSION_COOKIE_SECURE is off: the session and backup cookies travel over "
+                "plain HTTP.",
+                hint="Set SESSION_COOKIE_SECURE = True behind HTTPS.",
+                id=ID + "W003",
+            )
+        )
+    if not settings.SESSION_COOKIE_HTTPONLY:
+        warnings.append(
+            Warning(
+                "SESSION_COOKIE_HTTPONLY is off: scripts can read the session cookie.",
+                hint="Set SESSION_COOKIE_HTTPONLY = True.",
+                id=ID + "W004",
+            )
+        )
+    return warnings

@@ -1,0 +1,109 @@
+"""The one place the package reads its settings.
+
+Every option lives in the ``RESILIENT_SESSIONS`` dict.  Values are read lazily
+on each access, so ``override_settings`` works in tests.  ``DEFAULTS`` is the
+documented table; the system checks in :mod:`.checks` reject unknown keys and
+bad values with stable IDs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Name of the (first) backup cookie; chunks add "_1", "_2", ...
+    "BACKUP_COOKIE_NAME": "sessionbackup",
+    # Byte budget of one backup cookie, name and attributes included.
+    "BACKUP_COOKIE_MAX_BYTES": 4000,
+    # How many cookies one backup may be split over.
+    "BACKUP_COOKIE_MAX_CHUNKS": 1,
+    # Session keys kept in a partial backup besides Django's auth keys.
+    "ESSENTIAL_KEYS": [],
+    # Seconds the cache is skipped after a failure before one probe goes through.
+    "BREAKER_COOLDOWN": 5.0,
+    # When the database cannot confirm an authenticated backup, drop its auth keys.
+    "FAIL_CLOSED": True,
+    # Prefix of the cache keys (followed by the SHA-256 of the session key).
+    "CACHE_KEY_PREFIX": "resilient_sessions:",
+    # Seconds between two writes of a session's last activity to the database.
+    "ACTIVITY_UPDATE_INTERVAL": 300,
+    # Record the client IP address on tracking rows.
+    "TRACK_IP": True,
+    # Dotted path of a callable(request) -> str | None giving the client IP.
+    "IP_RESOLVER": None,
+    # Days ended or expired tracking rows are kept before clearsessions deletes them.
+    "ENDED_RETENTION_DAYS": 30,
+    # Rows deleted per statement by clearsessions.
+    "CLEANUP_BATCH_SIZE": 5000,
+}
+
+AUTH_KEYS = ("_auth_user_id", "_auth_user_backend", "_auth_user_hash")
+"""Django's auth keys: the part of a session that makes it a login."""
+
+
+class Settings:
+    """Typed, lazily read view of ``settings.RESILIENT_SESSIONS``."""
+
+    def _get(self, name: str) -> Any:
+        options = getattr(settings, "RESILIENT_SESSIONS", None) or {}
+        return options.get(name, DEFAULTS[name])
+
+    @property
+    def BACKUP_COOKIE_NAME(self) -> str:
+        return str(self._get("BACKUP_COOKIE_NAME"))
+
+    @property
+    def BACKUP_COOKIE_MAX_BYTES(self) -> int:
+        return int(self._get("BACKUP_COOKIE_MAX_BYTES"))
+
+    @property
+    def BACKUP_COOKIE_MAX_CHUNKS(self) -> int:
+        return int(self._get("BACKUP_COOKIE_MAX_CHUNKS"))
+
+    @property
+    def ESSENTIAL_KEYS(self) -> tuple[str, ...]:
+        return (*AUTH_KEYS, "_session_expiry", *self._get("ESSENTIAL_KEYS"))
+
+    @property
+    def BREAKER_COOLDOWN(self) -> float:
+        return float(self._get("BREAKER_COOLDOWN"))
+
+    @property
+    def FAIL_CLOSED(self) -> bool:
+        return bool(self._get("FAIL_CLOSED"))
+
+    @property
+    def CACHE_KEY_PREFIX(self) -> str:
+        return str(self._get("CACHE_KEY_PREFIX"))
+
+    @property
+    def ACTIVITY_UPDATE_INTERVAL(self) -> int:
+        return int(self._get("ACTIVITY_UPDATE_INTERVAL"))
+
+    @property
+    def TRACK_IP(self) -> bool:
+        return bool(self._get("TRACK_IP"))
+
+    @property
+    def IP_RESOLVER(self) -> Callable[..., str | None] | None:
+        path = self._get("IP_RESOLVER")
+        if not path:
+            return None
+        from django.utils.module_loading import import_string
+
+        resolver: Callable[..., str | None] = import_string(path)
+        return resolver
+
+    @property
+    def ENDED_RETENTION_DAYS(self) -> int:
+        return int(self._get("ENDED_RETENTION_DAYS"))
+
+    @property
+    def CLEANUP_BATCH_SIZE(self) -> int:
+        return int(self._get("CLEANUP_BATCH_SIZE"))
+
+
+conf = Settings()

@@ -1,0 +1,108 @@
+"""The tracking table: one row per authenticated session.
+
+Rows are keyed by the SHA-256 of the session key (never the key), so the table
+tells which sessions exist and whether each is still allowed to live, without
+letting a reader of the database into any of them.  A backup cookie that holds
+a login is trusted only while its row is active.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .conf import conf
+
+__all__ = ["EndReason", "PendingPurge", "UserSession"]
+
+
+class EndReason(models.TextChoices):
+    LOGOUT = "logout", _("logged out")
+    REVOKED = "revoked", _("revoked")
+    LIMIT = "limit", _("session limit")
+    EXPIRED = "expired", _("expired")
+    IDLE = "idle", _("idle timeout")
+    PASSWORD_CHANGE = "password_change", _("password changed")
+    ACCOUNT_DELETED = "account_deleted", _("account deleted")
+    REPLACED = "replaced", _("another user logged in")
+
+
+class UserSessionQuerySet(models.QuerySet["UserSession"]):
+    def active(self) -> UserSessionQuerySet:
+        """Rows whose session may still be used: not ended, not expired."""
+        active: UserSessionQuerySet = self.filter(
+            ended_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        return active
+
+    def revoke(self, reason: str = "revoked") -> int:
+        """End these sessions in the database and in the cache; returns how many."""
+        from . import tracking
+
+        hashes = list(self.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
+        return tracking.end(hashes, reason)
+
+
+class UserSession(models.Model):
+    key_hash = models.CharField(_("session key hash"), max_length=64, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="resilient_sessions",
+        verbose_name=_("user"),
+    )
+    created_at = models.DateTimeField(_("logged in"), default=timezone.now)
+    last_activity = models.DateTimeField(_("last activity"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires"), db_index=True)
+    ended_at = models.DateTimeField(_("ended"), null=True, blank=True, db_index=True)
+    end_reason = models.CharField(
+        _("end reason"), max_length=20, choices=EndReason.choices, blank=True
+    )
+    ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    user_agent = models.CharField(_("user agent"), max_length=300, blank=True)
+
+    objects = UserSessionQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("user session")
+        verbose_name_plural = _("user sessions")
+        indexes = (models.Index(fields=["user", "ended_at"], name="drs_user_ended_idx"),)
+
+    def __str__(self) -> str:
+        return f"{self.user} since {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.ended_at is None and self.expires_at > timezone.now()
+
+    def revoke(self, reason: str = "revoked") -> bool:
+        """End this session in the database and in the cache."""
+        from . import tracking
+
+        ended = tracking.end([self.key_hash], reason) > 0
+        if ended:
+            self.refresh_from_db(fields=["ended_at", "end_reason"])
+        return ended
+
+    @classmethod
+    def grace(cls) -> timedelta:
+        """Slack on ``expires_at``, which is refreshed at most once per interval."""
+        return timedelta(seconds=conf.ACTIVITY_UPDATE_INTERVAL)
+
+
+class PendingPurge(models.Model):
+    """A cache entry to delete once the cache answers (it failed when ended)."""
+
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("pending cache purge")
+        verbose_name_plural = _("pending cache purges")
+
+    def __str__(self) -> str:
+        return self.key_hash[:12]

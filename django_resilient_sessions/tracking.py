@@ -1,0 +1,163 @@
+"""The revocation ledger: what the engine writes to and asks of ``UserSession``.
+
+Every function here takes key hashes, never session keys.  None of them runs
+on a request served from the cache, except at login, logout and once per
+``ACTIVITY_UPDATE_INTERVAL``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+from django.utils import timezone
+
+from . import health
+from .cachecopy import SessionCache
+from .conf import conf
+from .exceptions import CacheUnavailable
+from .models import EndReason, PendingPurge, UserSession
+
+__all__ = ["clear_expired", "end", "is_active", "purge", "purge_pending", "rekey", "start", "touch"]
+
+logger = logging.getLogger("django_resilient_sessions")
+BATCH = 500
+
+
+def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, agent: str) -> None:
+    """Record a login on this session (or a new user on it)."""
+    now = timezone.now()
+    UserSession.objects.update_or_create(
+        key_hash=key_hash,
+        defaults={
+            "user_id": get_user_model()._meta.pk.to_python(user_id),
+            "created_at": now,
+            "last_activity": now,
+            "expires_at": expires_at,
+            "ended_at": None,
+            "end_reason": "",
+            "ip": ip if conf.TRACK_IP else None,
+            "user_agent": agent[:300],
+        },
+    )
+
+
+def touch(key_hash: str, expires_at: datetime) -> None:
+    UserSession.objects.filter(key_hash=key_hash, ended_at__isnull=True).update(
+        last_activity=timezone.now(), expires_at=expires_at
+    )
+
+
+def rekey(old_hash: str, new_hash: str) -> int:
+    """Move a row to the session's new key (``cycle_key``)."""
+    moved: int = UserSession.objects.filter(key_hash=old_hash).update(key_hash=new_hash)
+    return moved
+
+
+def is_active(key_hash: str, user_id: Any) -> bool:
+    """May a backup holding ``user_id`` for this session be trusted?"""
+    owner = (
+        UserSession.objects.filter(
+            key_hash=key_hash,
+            ended_at__isnull=True,
+            expires_at__gt=timezone.now() - UserSession.grace(),
+        )
+        .values_list("user_id", flat=True)
+        .first()
+    )
+    return owner is not None and str(owner) == str(user_id)
+
+
+def end(key_hashes: Sequence[str], reason: str) -> int:
+    """End these sessions: the rows now, the cache entries now or once it answers."""
+    ended = 0
+    now = timezone.now()
+    for batch in _batches(list(key_hashes)):
+        ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
+            ended_at=now, end_reason=reason
+        )
+    purge(key_hashes)
+    return ended
+
+
+def purge(key_hashes: Sequence[str]) -> None:
+    """Delete cache entries, or queue them when the cache does not answer."""
+    if not key_hashes:
+        return
+    cache = SessionCache(settings.SESSION_CACHE_ALIAS)
+    for batch in _batches(list(key_hashes)):
+        try:
+            cache.delete(batch)
+        except CacheUnavailable:
+            PendingPurge.objects.bulk_create(
+                [PendingPurge(key_hash=h) for h in batch], ignore_conflicts=True
+            )
+            health.count("purges_pending", len(batch))
+            logger.warning("%d session cache entries queued for purge.", len(batch))
+
+
+def purge_pending(batch_size: int = BATCH) -> int:
+    """Delete the cache entries queued while the cache was down."""
+    cache = SessionCache(settings.SESSION_CACHE_ALIAS)
+    done = 0
+    while True:
+        hashes = list(PendingPurge.objects.values_list("key_hash", flat=True)[:batch_size])
+        if not hashes:
+            return done
+        try:
+            cache.delete(hashes)
+        except CacheUnavailable:
+            return done
+        PendingPurge.objects.filter(key_hash__in=hashes).delete()
+        done += len(hashes)
+
+
+def on_cache_recovered(sender: Any, **kwargs: Any) -> None:
+    purged = purge_pending()
+    if purged:
+        logger.warning("Purged %d session cache entries ended during the outage.", purged)
+
+
+@dataclass
+class Cleanup:
+    purged: int = 0
+    expired: int = 0
+    deleted: int = 0
+
+
+def clear_expired(progress: Any = None) -> Cleanup:
+    """Mark expired rows, delete rows ended past retention, finish purges.
+
+    Works in batches of ``CLEANUP_BATCH_SIZE`` primary keys, so memory stays
+    flat whatever the table's size.  ``progress(Cleanup)`` is called per batch.
+    """
+    result = Cleanup(purged=purge_pending())
+    now = timezone.now()
+    size = conf.CLEANUP_BATCH_SIZE
+    expired = UserSession.objects.filter(
+        ended_at__isnull=True, expires_at__lte=now - UserSession.grace()
+    )
+    while ids := list(expired.values_list("pk", flat=True)[:size]):
+        result.expired += UserSession.objects.filter(pk__in=ids).update(
+            ended_at=now, end_reason=str(EndReason.EXPIRED)
+        )
+        if progress:
+            progress(result)
+    cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
+    old = UserSession.objects.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff))
+    while ids := list(old.order_by("pk").values_list("pk", flat=True)[:size]):
+        result.deleted += UserSession.objects.filter(pk__in=ids).delete()[0]
+        if progress:
+            progress(result)
+    return result
