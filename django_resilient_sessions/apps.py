@@ -9,9 +9,17 @@ class ResilientSessionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import pre_delete
+
         from . import checks, signals, tracking
 
         del checks  # imported for its @register side effect
         signals.cache_recovered.connect(
             tracking.on_cache_recovered, dispatch_uid="django_resilient_sessions.purge"
+        )
+        pre_delete.connect(
+            tracking.on_user_deleted,
+            sender=get_user_model(),
+            dispatch_uid="django_resilient_sessions.user_deleted",
         )

@@ -64,6 +64,9 @@ class UserSession(models.Model):
     )
     ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
     user_agent = models.CharField(_("user agent"), max_length=300, blank=True)
+    device_type = models.CharField(_("device type"), max_length=10, blank=True)
+    browser = models.CharField(_("browser"), max_length=60, blank=True)
+    os = models.CharField(_("operating system"), max_length=60, blank=True)
 
     objects = UserSessionQuerySet.as_manager()
 

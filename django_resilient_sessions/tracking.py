@@ -21,6 +21,7 @@ from django.utils import timezone
 from . import health
 from .cachecopy import SessionCache
 from .conf import conf
+from .devices import describe
 from .exceptions import CacheUnavailable
 from .models import EndReason, PendingPurge, UserSession
 
@@ -38,6 +39,7 @@ def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]
 def start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, agent: str) -> None:
     """Record a login on this session (or a new user on it)."""
     now = timezone.now()
+    device = describe(agent)
     UserSession.objects.update_or_create(
         key_hash=key_hash,
         defaults={
@@ -49,6 +51,9 @@ def start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, age
             "end_reason": "",
             "ip": ip if conf.TRACK_IP else None,
             "user_agent": agent[:300],
+            "device_type": device.type,
+            "browser": device.browser,
+            "os": device.os,
         },
     )
 
@@ -161,3 +166,29 @@ def clear_expired(progress: Any = None) -> Cleanup:
         if progress:
             progress(result)
     return result
+
+
+def end_user_sessions(user: Any, reason: str, *, keep: str | None = None) -> int:
+    """End every session of ``user`` except the one whose key hash is ``keep``."""
+    rows = UserSession.objects.filter(user=user, ended_at__isnull=True)
+    if keep:
+        rows = rows.exclude(key_hash=keep)
+    hashes = list(rows.values_list("key_hash", flat=True))
+    return end(hashes, reason)
+
+
+def on_user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Deleting a user ends their sessions in the cache too (rows then cascade)."""
+    end_user_sessions(instance, str(EndReason.ACCOUNT_DELETED))
+
+
+def end_sessions_after_password_change(request: Any, user: Any) -> int:
+    """Keep this request's session logged in and end every other one of ``user``.
+
+    Call it from a password change view instead of ``update_session_auth_hash``.
+    """
+    from django.contrib.auth import update_session_auth_hash
+
+    update_session_auth_hash(request, user)
+    keep = getattr(request.session, "key_hash", None)
+    return end_user_sessions(user, str(EndReason.PASSWORD_CHANGE), keep=keep)

@@ -1,0 +1,79 @@
+"""Read-only admin for ``UserSession`` with a "Revoke selected sessions" action."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from .models import UserSession
+
+if TYPE_CHECKING:
+    ModelAdmin = admin.ModelAdmin[UserSession]
+else:  # ModelAdmin is generic for type checkers only
+    ModelAdmin = admin.ModelAdmin
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("active", _("active")), ("ended", _("ended or expired"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        active = UserSession.objects.active().values("pk")
+        filtered: QuerySet[Any] = queryset
+        if self.value() == "active":
+            filtered = queryset.filter(pk__in=active)
+        elif self.value() == "ended":
+            filtered = queryset.exclude(pk__in=active)
+        return filtered
+
+
+@admin.register(UserSession)
+class UserSessionAdmin(ModelAdmin):
+    list_display = ("user", "device", "ip", "created_at", "last_activity", "status")
+    list_filter = (StatusFilter, "end_reason", "device_type")
+    list_select_related = ("user",)
+    date_hierarchy = "created_at"
+    ordering = ("-last_activity",)
+    actions = ("revoke_sessions",)
+    readonly_fields = tuple(f.name for f in UserSession._meta.fields)
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return (f"user__{get_user_model().USERNAME_FIELD}", "ip")
+
+    @admin.display(description=_("device"))
+    def device(self, obj: UserSession) -> str:
+        return " / ".join(part for part in (obj.browser, obj.os) if part) or obj.device_type
+
+    @admin.display(description=_("status"))
+    def status(self, obj: UserSession) -> str:
+        if obj.ended_at is not None:
+            return f"ended ({obj.get_end_reason_display()})"
+        return "active" if obj.expires_at > timezone.now() else "expired"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("django_resilient_sessions.delete_usersession")
+
+    @admin.action(description=_("Revoke selected sessions"), permissions=["revoke"])
+    def revoke_sessions(self, request: HttpRequest, queryset: QuerySet[UserSession]) -> None:
+        count = UserSession.objects.filter(pk__in=queryset.values("pk")).revoke()
+        self.message_user(
+            request,
+            ngettext("%d session revoked.", "%d sessions revoked.", count) % count,
+            messages.SUCCESS,
+        )

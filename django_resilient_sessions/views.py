@@ -1,0 +1,86 @@
+"""The "your sessions" pages: list, sign out one, sign out all other devices.
+
+Views are thin: the work is in :mod:`.tracking`.  Each answers JSON to a
+client that asks for it (``Accept: application/json`` or ``?format=json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from . import tracking
+from .models import EndReason, UserSession
+
+__all__ = ["revoke_others", "revoke_session", "session_list"]
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    accept = request.headers.get("Accept", "")
+    return request.GET.get("format") == "json" or accept.startswith("application/json")
+
+
+def _current(request: HttpRequest) -> str:
+    return str(getattr(request.session, "key_hash", ""))
+
+
+def _row(row: UserSession, current: str) -> dict[str, Any]:
+    return {
+        "id": row.pk,
+        "device": row.device_type,
+        "browser": row.browser,
+        "os": row.os,
+        "ip": row.ip,
+        "created_at": row.created_at.isoformat(),
+        "last_activity": row.last_activity.isoformat(),
+        "expires_at": row.expires_at.isoformat(),
+        "current": row.key_hash == current,
+    }
+
+
+def _done(request: HttpRequest, message: str, **data: Any) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"ok": True, **data})
+    messages.success(request, message, fail_silently=True)
+    return redirect("resilient_sessions:list")
+
+
+@login_required
+@require_GET
+def session_list(request: HttpRequest) -> HttpResponse:
+    current = _current(request)
+    rows = UserSession.objects.active().filter(user=request.user).order_by("-last_activity")
+    if _wants_json(request):
+        return JsonResponse({"sessions": [_row(row, current) for row in rows]})
+    sessions = [(row, row.key_hash == current) for row in rows]
+    context = {"sessions": sessions, "others": sum(1 for _, mine in sessions if not mine)}
+    return render(request, "django_resilient_sessions/session_list.html", context)
+
+
+@login_required
+@require_POST
+def revoke_session(request: HttpRequest, pk: int) -> HttpResponse:
+    row = get_object_or_404(UserSession.objects.active(), pk=pk, user=request.user)
+    if row.key_hash == _current(request):
+        logout(request)
+        if _wants_json(request):
+            return JsonResponse({"ok": True, "revoked": 1, "logged_out": True})
+        return redirect("resilient_sessions:list")
+    row.revoke(str(EndReason.REVOKED))
+    return _done(request, _("The session was signed out."), revoked=1)
+
+
+@login_required
+@require_POST
+def revoke_others(request: HttpRequest) -> HttpResponse:
+    count = tracking.end_user_sessions(request.user, str(EndReason.REVOKED), keep=_current(request))
+    return _done(
+        request, _("Signed out of %(count)d other sessions.") % {"count": count}, revoked=count
+    )
