@@ -1,0 +1,113 @@
+# Build and test entry points for django-resilient-sessions.
+#
+#   make venv               create .venv and install the package with [test,dev] extras
+#   make redis              make sure a redis-server binary is available (tests start their own)
+#   make lint               ruff check, ruff format --check, mypy
+#   make test               lint + pytest (SQLite) + pytest (PostgreSQL, if reachable)
+#                           + Django's own session test suite against our engine
+#   make test-sqlite        pytest with DRS_TEST_DB=sqlite
+#   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
+#   make test-django-suite  Django's sessions_tests run against our session engine
+#   make django-suite-fetch download Django's sessions_tests for the installed Django version
+#   make clean              remove the venv, caches and build/test artifacts
+#
+# Extra pytest arguments: make test-sqlite PYTEST_ARGS="-k breaker -x"
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.drs-installed
+ARTIFACTS ?= test-artifacts
+PYTEST_ARGS ?=
+
+DRS_TEST_PG_HOST ?= 127.0.0.1
+DRS_TEST_PG_PORT ?= 5432
+export DRS_TEST_PG_HOST DRS_TEST_PG_PORT
+
+SUITE_SETTINGS := tests.django_suite.settings
+
+# Exit status 0 when PostgreSQL accepts connections on DRS_TEST_PG_HOST:DRS_TEST_PG_PORT.
+PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
+		pg_isready -q -t 3 -h "$(DRS_TEST_PG_HOST)" -p "$(DRS_TEST_PG_PORT)"; \
+	else \
+		$(BIN)/python -c 'import os, socket; socket.create_connection((os.environ["DRS_TEST_PG_HOST"], int(os.environ["DRS_TEST_PG_PORT"])), timeout=3).close()' >/dev/null 2>&1; \
+	fi
+
+.PHONY: help venv redis lint test test-sqlite test-postgres test-django-suite \
+	django-suite-fetch clean
+
+help:
+	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
+
+venv: $(STAMP)
+
+# Re-installs whenever pyproject.toml is newer than the stamp (or the venv is missing).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test,dev]'
+	@touch $@
+
+redis:
+	@if [ -n "$${DRS_REDIS_SERVER:-}" ]; then \
+		test -x "$$DRS_REDIS_SERVER" || { echo "error: DRS_REDIS_SERVER=$$DRS_REDIS_SERVER is not executable" >&2; exit 1; }; \
+		echo "redis-server: $$DRS_REDIS_SERVER (DRS_REDIS_SERVER)"; exit 0; \
+	fi; \
+	if ! command -v redis-server >/dev/null 2>&1 \
+		&& [ "$$(id -u 2>/dev/null)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "redis-server not found on PATH; installing it with apt-get"; \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; } \
+			|| echo "apt-get could not install redis-server" >&2; \
+	fi; \
+	if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "error: redis-server is not on PATH. The test suite starts private redis-server" >&2; \
+		echo "processes and needs the binary. Install it, e.g.:" >&2; \
+		echo "  Debian/Ubuntu: sudo apt-get install redis-server" >&2; \
+		echo "  Fedora:        sudo dnf install redis   (or valkey)" >&2; \
+		echo "  macOS:         brew install redis" >&2; \
+		echo "or set DRS_REDIS_SERVER to the path of a redis-server binary." >&2; \
+		exit 1; \
+	fi; \
+	echo "redis-server: $$(command -v redis-server)"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: venv redis
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory test-sqlite
+	@if $(PG_READY); then \
+		$(MAKE) --no-print-directory test-postgres; \
+	elif [ -n "$${CI:-}" ]; then \
+		echo "error: CI is set but PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" >&2; \
+		exit 1; \
+	else \
+		echo "PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT): skipping the PostgreSQL run"; \
+	fi
+	@$(MAKE) --no-print-directory test-django-suite
+
+test-sqlite: venv redis
+	@mkdir -p $(ARTIFACTS)
+	DRS_TEST_DB=sqlite $(BIN)/pytest --junitxml=$(ARTIFACTS)/junit-sqlite.xml $(PYTEST_ARGS)
+
+test-postgres: venv redis
+	@$(PG_READY) || { \
+		echo "error: PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" >&2; \
+		exit 1; }
+	@mkdir -p $(ARTIFACTS)
+	DRS_TEST_DB=postgres $(BIN)/pytest --junitxml=$(ARTIFACTS)/junit-postgres.xml $(PYTEST_ARGS)
+
+django-suite-fetch: venv
+	$(BIN)/python -m tests.django_suite.fetch
+
+test-django-suite: venv redis django-suite-fetch
+	@mkdir -p $(ARTIFACTS)
+	DRS_TEST_DB=sqlite DJANGO_SETTINGS_MODULE=$(SUITE_SETTINGS) $(BIN)/pytest tests/django_suite \
+		-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-django-suite.xml $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
+		$(ARTIFACTS) .cache
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Minimal Django app whose views exercise the session engine end to end."""

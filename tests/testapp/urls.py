@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import path
+
+from tests.testapp import views
+
+urlpatterns = [
+    path("login/", views.login_view, name="login"),
+    path("logout/", views.logout_view, name="logout"),
+    path("whoami/", views.whoami, name="whoami"),
+    path("set/", views.session_set, name="session-set"),
+    path("get/", views.session_get, name="session-get"),
+    path("admin/", admin.site.urls),
+]
