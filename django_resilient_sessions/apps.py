@@ -10,13 +10,17 @@ class ResilientSessionsConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_in
         from django.db.models.signals import pre_delete
 
-        from . import checks, signals, tracking
+        from . import checks, lifecycle, signals, tracking
 
         del checks  # imported for its @register side effect
         signals.cache_recovered.connect(
             tracking.on_cache_recovered, dispatch_uid="django_resilient_sessions.purge"
+        )
+        user_logged_in.connect(
+            lifecycle.on_user_logged_in, dispatch_uid="django_resilient_sessions.limit"
         )
         pre_delete.connect(
             tracking.on_user_deleted,

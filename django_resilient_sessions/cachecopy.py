@@ -48,20 +48,19 @@ class Entry:
     version: int
     data: dict[str, Any]
     backup_tag: str = ""
-    touched: float = 0.0
 
     def dump(self) -> list[Any]:
-        return [self.version, self.data, self.backup_tag, self.touched]
+        return [self.version, self.data, self.backup_tag]
 
     @classmethod
     def load(cls, value: Any) -> Entry | None:
         if (
             isinstance(value, (list, tuple))
-            and len(value) == 4
+            and len(value) == 3
             and isinstance(value[0], int)
             and isinstance(value[1], dict)
         ):
-            return cls(value[0], value[1], str(value[2]), float(value[3]))
+            return cls(value[0], value[1], str(value[2]))
         return None
 
 

@@ -16,6 +16,7 @@ ID                                          problem
 ``django_resilient_sessions.W002``          our middleware without our engine
 ``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
 ``django_resilient_sessions.W004``          (deploy) ``SESSION_COOKIE_HTTPONLY`` is off
+``django_resilient_sessions.W005``          ``IDLE_TIMEOUT`` under twice the activity interval
 ==========================================  =====================================================
 """
 
@@ -74,6 +75,22 @@ VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "IP_RESOLVER": (_importable, "None or the dotted path of a callable(request)"),
     "ENDED_RETENTION_DAYS": (_int_in(0, 3650), "an integer number of days, 0 to 3650"),
     "CLEANUP_BATCH_SIZE": (_int_in(1, 100_000), "an integer from 1 to 100000"),
+    "MAX_SESSIONS_PER_USER": (
+        lambda v: v is None or _int_in(1, 10_000)(v),
+        "None or an integer from 1 to 10000",
+    ),
+    "SESSION_LIMIT_POLICY": (
+        lambda v: v in ("evict_oldest", "refuse"),
+        '"evict_oldest" or "refuse"',
+    ),
+    "IDLE_TIMEOUT": (
+        lambda v: v is None or _int_in(1, 10**8)(v),
+        "None or a positive number of seconds",
+    ),
+    "ABSOLUTE_TIMEOUT": (
+        lambda v: v is None or _int_in(1, 10**8)(v),
+        "None or a positive number of seconds",
+    ),
 }
 assert VALIDATORS.keys() == DEFAULTS.keys()
 
@@ -101,6 +118,18 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                     id=ID + "E003",
                 )
             )
+    idle = options.get("IDLE_TIMEOUT")
+    interval = options.get("ACTIVITY_UPDATE_INTERVAL", DEFAULTS["ACTIVITY_UPDATE_INTERVAL"])
+    if isinstance(idle, int) and isinstance(interval, int) and idle < 2 * interval:
+        errors.append(
+            Warning(
+                f"IDLE_TIMEOUT ({idle} s) is less than twice ACTIVITY_UPDATE_INTERVAL "
+                f"({interval} s): activity is recorded once per interval, so active users "
+                "may be timed out.",
+                hint="Lower ACTIVITY_UPDATE_INTERVAL or raise IDLE_TIMEOUT.",
+                id=ID + "W005",
+            )
+        )
     name = options.get("BACKUP_COOKIE_NAME", DEFAULTS["BACKUP_COOKIE_NAME"])
     taken = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME, settings.LANGUAGE_COOKIE_NAME}
     if name in taken:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import logging
 import os
 import struct
@@ -101,8 +102,8 @@ def seal(backup: Backup, session_key: str, serializer: Any) -> str:
 
 
 def token_tag(token: str) -> str:
-    """A short fingerprint of a token (its GCM tag) to recognise it unopened."""
-    return token[-22:]
+    """A fingerprint of a token, to recognise the one a cache copy was saved with."""
+    return hashlib.blake2b(token.encode(), digest_size=12).hexdigest()
 
 
 def _reject(reason: str) -> None:
@@ -119,7 +120,11 @@ def open_token(token: str, session_key: str, serializer: Any, max_chars: int) ->
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
-        _reject("not base64")
+        raw = b""
+    # Only the one canonical spelling is accepted (the decoder skips foreign
+    # characters and ignores padding bits).
+    if not raw or base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode("ascii", "replace"):
+        _reject("not base64url")
         return None
     if len(raw) < 1 + NONCE_BYTES + TAG_BYTES + HEADER.size:
         _reject("truncated")

@@ -38,10 +38,20 @@ DEFAULTS: dict[str, Any] = {
     "ENDED_RETENTION_DAYS": 30,
     # Rows deleted per statement by clearsessions.
     "CLEANUP_BATCH_SIZE": 5000,
+    # Most sessions one user may have at once (None: no limit).
+    "MAX_SESSIONS_PER_USER": None,
+    # What a login past the limit does: "evict_oldest" or "refuse".
+    "SESSION_LIMIT_POLICY": "evict_oldest",
+    # Seconds without activity after which a login ends (None: never).
+    "IDLE_TIMEOUT": None,
+    # Seconds after login at which a login ends, active or not (None: never).
+    "ABSOLUTE_TIMEOUT": None,
 }
 
-AUTH_KEYS = ("_auth_user_id", "_auth_user_backend", "_auth_user_hash")
-"""Django's auth keys: the part of a session that makes it a login."""
+LOGIN_AT_KEY = "_resilient_login_at"
+SEEN_AT_KEY = "_resilient_seen_at"
+AUTH_KEYS = ("_auth_user_id", "_auth_user_backend", "_auth_user_hash", LOGIN_AT_KEY, SEEN_AT_KEY)
+"""The part of a session that makes it a login: Django's auth keys and ours."""
 
 
 class Settings:
@@ -104,6 +114,25 @@ class Settings:
     @property
     def CLEANUP_BATCH_SIZE(self) -> int:
         return int(self._get("CLEANUP_BATCH_SIZE"))
+
+    @property
+    def MAX_SESSIONS_PER_USER(self) -> int | None:
+        value = self._get("MAX_SESSIONS_PER_USER")
+        return None if value is None else int(value)
+
+    @property
+    def SESSION_LIMIT_POLICY(self) -> str:
+        return str(self._get("SESSION_LIMIT_POLICY"))
+
+    @property
+    def IDLE_TIMEOUT(self) -> int | None:
+        value = self._get("IDLE_TIMEOUT")
+        return None if value is None else int(value)
+
+    @property
+    def ABSOLUTE_TIMEOUT(self) -> int | None:
+        value = self._get("ABSOLUTE_TIMEOUT")
+        return None if value is None else int(value)
 
 
 conf = Settings()

@@ -38,7 +38,7 @@ class Sealed:
 def chunk_names(count: int | None = None) -> list[str]:
     base = conf.BACKUP_COOKIE_NAME
     total = conf.BACKUP_COOKIE_MAX_CHUNKS if count is None else count
-    return [base] + [f"{base}_{i}" for i in range(1, total)]
+    return [base if i == 0 else f"{base}_{i}" for i in range(total)]
 
 
 @functools.lru_cache(maxsize=64)

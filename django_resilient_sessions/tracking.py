@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -36,26 +37,53 @@ def _batches(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]
         yield items[i : i + size]
 
 
-def start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, agent: str) -> None:
-    """Record a login on this session (or a new user on it)."""
+def start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, agent: str) -> bool:
+    """Record a login on this session; ``False`` when the session limit refuses it.
+
+    With ``MAX_SESSIONS_PER_USER`` set, the user's row is locked (``SELECT ...
+    FOR UPDATE``) while the active sessions are counted, so concurrent logins
+    cannot pass the limit together.
+    """
     now = timezone.now()
     device = describe(agent)
-    UserSession.objects.update_or_create(
-        key_hash=key_hash,
-        defaults={
-            "user_id": get_user_model()._meta.pk.to_python(user_id),
-            "created_at": now,
-            "last_activity": now,
-            "expires_at": expires_at,
-            "ended_at": None,
-            "end_reason": "",
-            "ip": ip if conf.TRACK_IP else None,
-            "user_agent": agent[:300],
-            "device_type": device.type,
-            "browser": device.browser,
-            "os": device.os,
-        },
-    )
+    pk = get_user_model()._meta.pk.to_python(user_id)
+    evicted: list[str] = []
+    with transaction.atomic():
+        limit = conf.MAX_SESSIONS_PER_USER
+        if limit:
+            list(get_user_model()._default_manager.select_for_update().filter(pk=pk).values("pk"))
+            others = (
+                UserSession.objects.active()
+                .filter(user_id=pk)
+                .exclude(key_hash=key_hash)
+                .order_by("last_activity", "pk")
+            )
+            excess = others.count() - limit + 1
+            if excess > 0 and conf.SESSION_LIMIT_POLICY == "refuse":
+                return False
+            if excess > 0:
+                evicted = list(others.values_list("key_hash", flat=True)[:excess])
+                UserSession.objects.filter(key_hash__in=evicted).update(
+                    ended_at=now, end_reason=str(EndReason.LIMIT)
+                )
+        UserSession.objects.update_or_create(
+            key_hash=key_hash,
+            defaults={
+                "user_id": pk,
+                "created_at": now,
+                "last_activity": now,
+                "expires_at": expires_at,
+                "ended_at": None,
+                "end_reason": "",
+                "ip": ip if conf.TRACK_IP else None,
+                "user_agent": agent[:300],
+                "device_type": device.type,
+                "browser": device.browser,
+                "os": device.os,
+            },
+        )
+    purge(evicted)
+    return True
 
 
 def touch(key_hash: str, expires_at: datetime) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from datetime import timezone as dt_timezone
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,7 +27,7 @@ from django.contrib.sessions.backends.base import (
 from django.db import DatabaseError
 from django.utils.crypto import get_random_string
 
-from .. import codec, cookies, health, signals, tracking
+from .. import codec, cookies, health, lifecycle, signals, tracking
 from ..cachecopy import Entry, SessionCache, hash_key
 from ..conf import AUTH_KEYS, conf
 from ..exceptions import CacheUnavailable
@@ -76,10 +74,10 @@ class SessionStore(SessionBase):
         #: Keep the session cookie although the session is empty (cache down, no backup).
         self.keep_cookie = False
         self._version = 0
-        self._touched = 0.0
         self._partial = False
         self._user: str | None = None
         self._loaded = False
+        self._in_cache = False
 
     @property
     def key_hash(self) -> str:
@@ -101,14 +99,13 @@ class SessionStore(SessionBase):
                 self.keep_cookie = True
                 return self._forget_key()
             self._partial = backup.partial
-            return self._adopt(backup.version, backup.data, "backup")
+            return self._adopt(backup.version, backup.data, "backup", in_cache=False)
         if entry is None:
             backup = self._trusted_backup(key_hash, "cache_miss")
             if backup is None:
                 return self._forget_key()
             self._write_back(key_hash, backup.version, backup.data, backup.expires_at, nx=True)
             return self._adopt(backup.version, backup.data, "backup")
-        self._touched = entry.touched
         if self.backup_token and codec.token_tag(self.backup_token) != entry.backup_tag:
             newer = self._newer_backup(key_hash, entry)
             if newer is not None:
@@ -132,10 +129,19 @@ class SessionStore(SessionBase):
         self._write_back(key_hash, trusted.version, data, trusted.expires_at, nx=False)
         return self._adopt(trusted.version, data, "backup")
 
-    def _adopt(self, version: int, data: dict[str, Any], source: str) -> dict[str, Any]:
+    def _adopt(
+        self, version: int, data: dict[str, Any], source: str, *, in_cache: bool = True
+    ) -> dict[str, Any]:
+        now = time.time()
+        reason = lifecycle.timed_out(data, now)
+        if reason is not None:
+            self._end(self.key_hash, reason)
+            return self._forget_key()
         self._version = version
         self._user = data.get(SESSION_KEY)
         self.source = source
+        self._in_cache = in_cache and not self.degraded
+        self.needs_backup = self.needs_backup or lifecycle.renewal_due(data, now)
         return data
 
     def _forget_key(self) -> dict[str, Any]:
@@ -184,7 +190,7 @@ class SessionStore(SessionBase):
     def _write_back(
         self, key_hash: str, version: int, data: dict[str, Any], expires_at: int, *, nx: bool
     ) -> None:
-        entry = Entry(version, data, codec.token_tag(self.backup_token or ""), self._touched)
+        entry = Entry(version, data, codec.token_tag(self.backup_token or ""))
         try:
             self._cache.put(key_hash, entry, expires_at - int(time.time()), nx=nx)
             health.count("written_back")
@@ -214,53 +220,46 @@ class SessionStore(SessionBase):
         now = time.time()
         age = self.get_expiry_age()
         expires_at = int(now) + age
-        track = self._tracking_due(data, now)
+        if lifecycle.due(data, self._user, now):
+            lifecycle.record(data, key_hash, self._user, expires_at, self.client, now)
+            self._user = data.get(SESSION_KEY)
         sealed = cookies.seal_within_budget(
             codec.Backup(version, expires_at, data, self._partial),
             self.session_key,
             self.serializer,
         )
-        touched = now if track else self._touched
-        entry = Entry(version, data, codec.token_tag(sealed.token) if sealed else "", touched)
+        entry = Entry(version, data, codec.token_tag(sealed.token) if sealed else "")
         try:
             if must_create:
                 if not self._cache.put(key_hash, entry, age, nx=True):
                     raise CreateError
-            elif self.source == "backup":
-                # Vetted backup data: its cache copy may be gone (restart).
-                self._cache.put(key_hash, entry, age)
-            elif not self._cache.put(key_hash, entry, age, xx=True):
-                raise UpdateError
+            elif self._in_cache:
+                if not self._cache.put(key_hash, entry, age, xx=True):
+                    raise UpdateError
+            elif self._may_recreate(key_hash, data):
+                # Loaded from a backup while the cache was down: never
+                # overwrite a copy we did not read (a newer backup wins it
+                # back on the next request), create it if it was lost.
+                self._cache.put(key_hash, entry, age, nx=True)
+            self._in_cache = True
         except CacheUnavailable:
             self.degraded = True
             health.count("degraded_saves")
         self._version = version
         self._record(sealed, key_hash)
-        if track:
-            self._track(data, key_hash, expires_at, now)
 
-    def _tracking_due(self, data: dict[str, Any], now: float) -> bool:
+    def _may_recreate(self, key_hash: str, data: dict[str, Any]) -> bool:
+        """May a login read from a backup be put back into the cache now?"""
         user = data.get(SESSION_KEY)
-        if user != self._user:
+        if user is None:
             return True
-        return user is not None and now - self._touched >= conf.ACTIVITY_UPDATE_INTERVAL
-
-    def _track(self, data: dict[str, Any], key_hash: str, expires_at: int, now: float) -> None:
-        user = data.get(SESSION_KEY)
-        expires = datetime.fromtimestamp(expires_at, tz=dt_timezone.utc)
         try:
-            if user != self._user:
-                if self._user is not None:
-                    tracking.end([key_hash], str(EndReason.REPLACED))
-                if user is not None:
-                    tracking.start(key_hash, user, expires, self.client.ip, self.client.user_agent)
-            else:
-                tracking.touch(key_hash, expires)
+            active = tracking.is_active(key_hash, user)
         except DatabaseError:
-            logger.exception("Could not record session activity; the session goes on.")
-            return
-        self._user = user
-        self._touched = now
+            return False  # unconfirmed: keep it in the backup only
+        if not active:
+            raise UpdateError  # ended meanwhile (logout elsewhere, revoked)
+        return True
 
     def _record(self, sealed: cookies.Sealed | None, key_hash: str) -> None:
         self.sealed = sealed
@@ -297,16 +296,22 @@ class SessionStore(SessionBase):
         key_hash = hash_key(session_key)
         # A session loaded without a login has no row: skip the query.
         anonymous = own and self._loaded and self._user is None
-        try:
-            if anonymous:
-                tracking.purge([key_hash])
-            else:
-                tracking.end([key_hash], str(EndReason.LOGOUT if own else EndReason.REVOKED))
-        except DatabaseError:
-            logger.exception("Could not record the end of a session.")
+        self._end(
+            key_hash, None if anonymous else str(EndReason.LOGOUT if own else EndReason.REVOKED)
+        )
         if own:
             self._user = None
             self._version = 0
+
+    def _end(self, key_hash: str, reason: str | None) -> None:
+        """End the row (unless ``reason`` is None) and drop the cache copy."""
+        try:
+            if reason is None:
+                tracking.purge([key_hash])
+            else:
+                tracking.end([key_hash], reason)
+        except DatabaseError:
+            logger.exception("Could not record the end of a session.")
 
     def cycle_key(self) -> None:
         data = self._session  # type: ignore[attr-defined]
@@ -317,8 +322,8 @@ class SessionStore(SessionBase):
         if not old_key:
             return
         old_hash = hash_key(old_key)
+        self._end(old_hash, None)
         try:
-            tracking.purge([old_hash])
             if user is not None and not tracking.rekey(old_hash, self.key_hash):
                 self._user = None  # no row to move: the next save starts one
         except DatabaseError:
