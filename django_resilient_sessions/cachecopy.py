@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.core.cache import caches
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
@@ -75,6 +76,9 @@ class SessionCache:
     def _key(self, key_hash: str) -> Any:
         return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + key_hash)
 
+    def _tomb(self, key_hash: str) -> Any:
+        return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + "ended:" + key_hash)
+
     def _call(self, operation: Callable[[Any], T]) -> T:
         allowed = self.breaker.allow()
         if allowed is False:
@@ -99,11 +103,13 @@ class SessionCache:
             # before this probe's own operation is served from the cache.
             _send(signals.cache_recovered, alias=self.alias, downtime=downtime)
 
-    def get(self, key_hash: str) -> Entry | None:
-        raw = self._call(lambda client: client.get(self._key(key_hash)))
+    def get(self, key_hash: str) -> tuple[Entry | None, bool]:
+        """The cache copy, and whether the session was ended (one ``MGET``)."""
+        keys = [self._key(key_hash), self._tomb(key_hash)]
+        raw, tomb = self._call(lambda client: client.mget(keys))
         if raw is None:
             health.count("cache_misses")
-            return None
+            return None, tomb is not None
         try:
             entry = Entry.load(self.backend.client.decode(raw))
         # A value this engine did not write (another serializer, a foreign
@@ -112,14 +118,14 @@ class SessionCache:
             logger.warning("Unreadable session cache entry %s treated as missing.", key_hash[:12])
             entry = None
         health.count("cache_hits" if entry is not None else "cache_misses")
-        return entry
+        return entry, tomb is not None
 
     def put(
         self, key_hash: str, entry: Entry, ttl: int, *, nx: bool = False, xx: bool = False
     ) -> bool:
         """Write ``entry``; ``False`` when ``nx``/``xx`` stopped the write."""
         if ttl <= 0:
-            self.delete([key_hash])
+            self.delete([key_hash], tombstone=False)
             return True
         value = self.backend.client.encode(entry.dump())
         key = self._key(key_hash)
@@ -128,11 +134,34 @@ class SessionCache:
     def exists(self, key_hash: str) -> bool:
         return bool(self._call(lambda client: client.exists(self._key(key_hash))))
 
-    def delete(self, key_hashes: Iterable[str]) -> int:
-        keys = [self._key(h) for h in key_hashes]
-        if not keys:
+    def recreate(self, key_hash: str, entry: Entry, ttl: int) -> bool | None:
+        """Put back a copy that may have been lost: ``None`` if the session was ended.
+
+        ``False`` when a copy is there (it is left alone), ``True`` when written.
+        """
+        if self._call(lambda client: client.exists(self._tomb(key_hash))):
+            return None
+        return self.put(key_hash, entry, ttl, nx=True)
+
+    def delete(self, key_hashes: Iterable[str], *, tombstone: bool = True) -> int:
+        """Delete cache copies, leaving a tombstone so no backup brings them back.
+
+        One round trip (a pipeline).  The tombstone lives as long as a backup
+        can (``SESSION_COOKIE_AGE``).
+        """
+        hashes = list(key_hashes)
+        if not hashes:
             return 0
-        return int(self._call(lambda client: client.delete(*keys)))
+
+        def operation(client: Any) -> int:
+            pipe = client.pipeline(transaction=False)
+            pipe.delete(*[self._key(h) for h in hashes])
+            if tombstone:
+                for h in hashes:
+                    pipe.set(self._tomb(h), b"1", ex=max(settings.SESSION_COOKIE_AGE, 1))
+            return int(pipe.execute()[0])
+
+        return self._call(operation)
 
     def ping_ms(self) -> float:
         """Round-trip time of a PING in milliseconds (for health reports)."""

@@ -75,6 +75,13 @@ VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "IP_RESOLVER": (_importable, "None or the dotted path of a callable(request)"),
     "ENDED_RETENTION_DAYS": (_int_in(0, 3650), "an integer number of days, 0 to 3650"),
     "CLEANUP_BATCH_SIZE": (_int_in(1, 100_000), "an integer from 1 to 100000"),
+    "PURGE_CHECK_INTERVAL": (
+        lambda v: (
+            v is None
+            or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 86400)
+        ),
+        "None or a number of seconds from 0 to 86400",
+    ),
     "MAX_SESSIONS_PER_USER": (
         lambda v: v is None or _int_in(1, 10_000)(v),
         "None or an integer from 1 to 10000",

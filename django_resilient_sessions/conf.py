@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "ENDED_RETENTION_DAYS": 30,
     # Rows deleted per statement by clearsessions.
     "CLEANUP_BATCH_SIZE": 5000,
+    # Seconds between two checks, per process, for cache purges queued by
+    # another process during an outage (None: only on this process's recovery).
+    "PURGE_CHECK_INTERVAL": 60,
     # Most sessions one user may have at once (None: no limit).
     "MAX_SESSIONS_PER_USER": None,
     # What a login past the limit does: "evict_oldest" or "refuse".
@@ -114,6 +117,11 @@ class Settings:
     @property
     def CLEANUP_BATCH_SIZE(self) -> int:
         return int(self._get("CLEANUP_BATCH_SIZE"))
+
+    @property
+    def PURGE_CHECK_INTERVAL(self) -> float | None:
+        value = self._get("PURGE_CHECK_INTERVAL")
+        return None if value is None else float(value)
 
     @property
     def MAX_SESSIONS_PER_USER(self) -> int | None:

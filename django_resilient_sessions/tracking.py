@@ -8,6 +8,7 @@ on a request served from the cache, except at login, logout and once per
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -116,11 +117,15 @@ def end(key_hashes: Sequence[str], reason: str) -> int:
     """End these sessions: the rows now, the cache entries now or once it answers."""
     ended = 0
     now = timezone.now()
-    for batch in _batches(list(key_hashes)):
-        ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
-            ended_at=now, end_reason=reason
-        )
-    purge(key_hashes)
+    try:
+        for batch in _batches(list(key_hashes)):
+            ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
+                ended_at=now, end_reason=reason
+            )
+    finally:
+        # Even when the database fails, the cache copy goes (as Django's
+        # cache engine would delete it).
+        purge(key_hashes)
     return ended
 
 
@@ -154,6 +159,26 @@ def purge_pending(batch_size: int = BATCH) -> int:
             return done
         PendingPurge.objects.filter(key_hash__in=hashes).delete()
         done += len(hashes)
+
+
+_last_check = time.monotonic()
+
+
+def purge_pending_if_due() -> None:
+    """Finish purges queued by another process, once per ``PURGE_CHECK_INTERVAL``.
+
+    A process whose breaker never opened (it was idle during the outage) has
+    no recovery to react to; this indexed ``EXISTS`` is how it learns that a
+    session it could serve from the cache was ended meanwhile.
+    """
+    global _last_check
+    interval = conf.PURGE_CHECK_INTERVAL
+    now = time.monotonic()
+    if interval is None or now - _last_check < interval:
+        return
+    _last_check = now
+    if PendingPurge.objects.exists():
+        on_cache_recovered(None)
 
 
 def on_cache_recovered(sender: Any, **kwargs: Any) -> None:

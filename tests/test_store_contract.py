@@ -58,9 +58,17 @@ def assert_ttl(server: RedisServer, session_key: str, seconds: int) -> None:
 
 
 def dump_redis(server: RedisServer) -> dict[bytes, bytes]:
-    """Every key and its raw value (session entries are plain Redis strings)."""
+    """Every session entry and its raw value (plain Redis strings), tombstones left out."""
     with server.client() as client:
-        return {key: client.get(key) or b"" for key in client.scan_iter()}
+        return {
+            key: client.get(key) or b"" for key in client.scan_iter() if b":ended:" not in key
+        }
+
+
+def tombstones(server: RedisServer) -> list[bytes]:
+    """Keys that mark ended sessions, so that no backup brings them back."""
+    with server.client() as client:
+        return [key for key in client.scan_iter() if b":ended:" in key]
 
 
 def cache_entry(session_key: str) -> list[Any] | None:
@@ -182,6 +190,7 @@ def test_delete_then_load_gives_empty(redis_server: RedisServer) -> None:
 
     assert store.exists(key) is False
     assert dump_redis(redis_server) == {}
+    assert [t.decode().endswith(hash_key(key)) for t in tombstones(redis_server)] == [True]
     fresh = SessionStore(key)
     assert fresh.load() == {}
     assert fresh.session_key is None

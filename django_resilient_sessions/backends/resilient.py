@@ -89,7 +89,11 @@ class SessionStore(SessionBase):
         key_hash = self.key_hash
         self._loaded = True
         try:
-            entry = self._cache.get(key_hash)
+            tracking.purge_pending_if_due()
+        except DatabaseError:
+            logger.exception("Could not check for pending cache purges.")
+        try:
+            entry, ended = self._cache.get(key_hash)
         except CacheUnavailable:
             self.degraded = True
             backup = self._trusted_backup(key_hash, "cache_unavailable")
@@ -100,6 +104,13 @@ class SessionStore(SessionBase):
                 return self._forget_key()
             self._partial = backup.partial
             return self._adopt(backup.version, backup.data, "backup", in_cache=False)
+        if ended:
+            # Logged out, flushed or revoked: no backup of it comes back.
+            if self.backup_token:
+                security_logger.warning("Backup of an ended or revoked session refused.")
+                self.backup_rejected = True
+                health.count("backups_rejected")
+            return self._forget_key()
         if entry is None:
             backup = self._trusted_backup(key_hash, "cache_miss")
             if backup is None:
@@ -236,11 +247,13 @@ class SessionStore(SessionBase):
             elif self._in_cache:
                 if not self._cache.put(key_hash, entry, age, xx=True):
                     raise UpdateError
-            elif self._may_recreate(key_hash, data):
-                # Loaded from a backup while the cache was down: never
-                # overwrite a copy we did not read (a newer backup wins it
-                # back on the next request), create it if it was lost.
-                self._cache.put(key_hash, entry, age, nx=True)
+            # Loaded from a backup while the cache was down: never overwrite
+            # a copy we did not read (a newer backup wins it back on the next
+            # request), create it if it was lost, unless the session ended.
+            elif self._may_recreate(key_hash, data) and (
+                self._cache.recreate(key_hash, entry, age) is None
+            ):
+                raise UpdateError
             self._in_cache = True
         except CacheUnavailable:
             self.degraded = True

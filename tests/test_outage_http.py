@@ -1,0 +1,443 @@
+"""The outage contract, end to end over HTTP.
+
+Every test drives the test app through Django's test ``Client`` (the full middleware
+stack, cookies kept between requests, backup cookie included) against a private
+redis-server that the test kills, restarts empty, flushes or hangs (SIGSTOP).  Covered:
+
+- a logged-in user keeps their identity and every session value while Redis is dead,
+  writes made during the outage survive it, and the session is written back to Redis
+  once the breaker lets a probe through;
+- Redis restarted empty or flushed: sessions come back from their backups;
+- a hung Redis costs one socket timeout per cool-down, not one per request;
+- a backup written during the outage is newer than the cache copy and wins on recovery;
+- new visitors and logins during the outage;
+- a client without its backup cookie is anonymous during the outage but keeps its
+  session cookie, and is logged in again once Redis answers;
+- the middleware re-issues a missing or stale backup;
+- ``request.session.degraded``, ``health.snapshot()`` and the engine's signals.
+
+(The test app has no async view, so the async path is not exercised here.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from http.cookies import SimpleCookie
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.cache import caches
+from django.test import Client, override_settings
+
+from django_resilient_sessions import health, signals
+from django_resilient_sessions.conf import conf
+from django_resilient_sessions.models import UserSession
+from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.django_db
+
+COOLDOWN = 0.2
+USERNAME = "alice"
+PASSWORD = "correct horse battery staple"
+BACKUP_COOKIE = "sessionbackup"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def short_cooldown() -> Iterator[None]:
+    with override_settings(RESILIENT_SESSIONS={"BREAKER_COOLDOWN": COOLDOWN}):
+        yield
+
+
+def wait_cooldown(seconds: float = COOLDOWN) -> None:
+    """Sleep past the breaker's cool-down so the next cache call is a probe."""
+    time.sleep(seconds + 0.05)
+
+
+def make_user(username: str = USERNAME) -> User:
+    user: User = User.objects.create_user(username=username, password=PASSWORD)
+    return user
+
+
+def ok(response: Any) -> dict[str, Any]:
+    """The JSON body of a response that must be a 200 (never a 4xx/5xx during outages)."""
+    assert response.status_code == 200, (response.status_code, response.content[:500])
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def login(client: Client, username: str = USERNAME) -> None:
+    response = client.post("/login/", {"username": username, "password": PASSWORD})
+    assert ok(response) == {"ok": True}
+    assert cookie(client, settings.SESSION_COOKIE_NAME)
+    assert cookie(client, BACKUP_COOKIE)
+
+
+def whoami(client: Client) -> dict[str, Any]:
+    return ok(client.get("/whoami/"))
+
+
+def get_values(client: Client) -> dict[str, Any]:
+    return ok(client.get("/get/"))
+
+
+def set_values(client: Client, **values: str) -> None:
+    assert ok(client.post("/set/", values))["ok"] is True
+
+
+def cookie(client: Client, name: str) -> str:
+    """The value the client would send for ``name`` ("" when absent or deleted)."""
+    morsel = client.cookies.get(name)
+    return morsel.value if morsel is not None else ""
+
+
+def session_key(client: Client) -> str:
+    key = cookie(client, settings.SESSION_COOKIE_NAME)
+    assert key
+    return key
+
+
+def cache_client() -> Any:
+    """django-redis's client of the session cache (untyped)."""
+    cache: Any = caches["default"]
+    return cache.client
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def redis_key(key: str) -> str:
+    return str(cache_client().make_key("resilient_sessions:" + key_hash(key)))
+
+
+def in_redis(server: RedisServer, key: str) -> bool:
+    with server.client() as raw:
+        return bool(raw.exists(redis_key(key)))
+
+
+def cached_data(server: RedisServer, key: str) -> dict[str, Any] | None:
+    """The session data stored in Redis for ``key`` (None when there is no entry)."""
+    with server.client() as raw:
+        value = raw.get(redis_key(key))
+    if value is None:
+        return None
+    entry = cache_client().decode(value)
+    assert isinstance(entry, (list, tuple)), entry
+    data = entry[1]
+    assert isinstance(data, dict)
+    return data
+
+
+def public(data: dict[str, Any] | None) -> dict[str, Any]:
+    assert data is not None
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def cache_only_client(key: str) -> Client:
+    """A client carrying the session cookie and no backup: it sees only the cache copy."""
+    other = Client()
+    other.cookies = SimpleCookie({settings.SESSION_COOKIE_NAME: key})
+    return other
+
+
+def logged_in_with_values(**values: str) -> Client:
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, **values)
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    return client
+
+
+# -- Redis killed -----------------------------------------------------------------------------
+
+
+def test_redis_killed_user_keeps_session_and_it_is_written_back(fault_redis: RedisServer) -> None:
+    client = logged_in_with_values(a="1", b="two")
+    key = session_key(client)
+    assert in_redis(fault_redis, key)
+
+    fault_redis.kill()
+    assert whoami(client) == {"user": USERNAME, "degraded": True}
+    assert get_values(client) == {"a": "1", "b": "two"}
+    set_values(client, c="3", a="1bis")
+    assert session_key(client) == key
+    assert get_values(client) == {"a": "1bis", "b": "two", "c": "3"}
+    assert whoami(client) == {"user": USERNAME, "degraded": True}
+
+    fault_redis.start()  # comes back empty
+    assert not in_redis(fault_redis, key)
+    wait_cooldown()
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    assert in_redis(fault_redis, key)
+    assert public(cached_data(fault_redis, key)) == {"a": "1bis", "b": "two", "c": "3"}
+    assert get_values(client) == {"a": "1bis", "b": "two", "c": "3"}
+    # The write-back holds the login: the cache copy alone logs the user in.
+    assert whoami(cache_only_client(key))["user"] == USERNAME
+
+
+def test_redis_restarted_empty_sessions_come_back(fault_redis: RedisServer) -> None:
+    client = logged_in_with_values(a="1", b="2")
+    key = session_key(client)
+
+    fault_redis.restart()
+    assert not in_redis(fault_redis, key)
+    assert whoami(client)["user"] == USERNAME
+    assert get_values(client) == {"a": "1", "b": "2"}
+    assert in_redis(fault_redis, key)
+    assert public(cached_data(fault_redis, key)) == {"a": "1", "b": "2"}
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+
+
+def test_flushall_sessions_come_back(fault_redis: RedisServer) -> None:
+    client = logged_in_with_values(a="1", b="2")
+    key = session_key(client)
+
+    fault_redis.flushall()
+    assert not in_redis(fault_redis, key)
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    assert get_values(client) == {"a": "1", "b": "2"}
+    assert in_redis(fault_redis, key)
+    assert public(cached_data(fault_redis, key)) == {"a": "1", "b": "2"}
+    set_values(client, c="3")
+    assert public(cached_data(fault_redis, key)) == {"a": "1", "b": "2", "c": "3"}
+
+
+# -- Redis hung -------------------------------------------------------------------------------
+
+
+@override_settings(RESILIENT_SESSIONS={"BREAKER_COOLDOWN": 0.5})
+def test_hung_redis_costs_one_timeout_per_cooldown(fault_redis: RedisServer) -> None:
+    cooldown = 0.5  # long enough to fit several requests inside it
+    assert cooldown == conf.BREAKER_COOLDOWN
+    client = logged_in_with_values(a="1")
+    timeout = settings.CACHES["default"]["OPTIONS"]["SOCKET_TIMEOUT"]
+
+    fault_redis.pause()
+    try:
+        started = time.perf_counter()
+        me = whoami(client)
+        first = time.perf_counter() - started
+        assert me == {"user": USERNAME, "degraded": True}
+        assert first >= timeout * 0.8  # it did wait on the hung server once...
+        assert first < 2.0  # ...but not for ever
+
+        for _ in range(3):
+            started = time.perf_counter()
+            me = whoami(client)
+            elapsed = time.perf_counter() - started
+            assert me == {"user": USERNAME, "degraded": True}
+            assert elapsed < 0.1, f"request took {elapsed:.3f}s while the breaker was open"
+        started = time.perf_counter()
+        assert get_values(client) == {"a": "1"}
+        assert time.perf_counter() - started < 0.1
+
+        # Next cool-down: one probe pays the timeout again, the requests after it do not.
+        wait_cooldown(cooldown)
+        started = time.perf_counter()
+        assert whoami(client) == {"user": USERNAME, "degraded": True}
+        assert time.perf_counter() - started >= timeout * 0.8
+        started = time.perf_counter()
+        assert whoami(client) == {"user": USERNAME, "degraded": True}
+        assert time.perf_counter() - started < 0.1
+    finally:
+        fault_redis.resume()
+
+    wait_cooldown(cooldown)
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    assert get_values(client) == {"a": "1"}
+
+
+def test_write_during_outage_is_newer_than_cache_copy(fault_redis: RedisServer) -> None:
+    client = logged_in_with_values(a="1")
+    key = session_key(client)
+    assert public(cached_data(fault_redis, key)) == {"a": "1"}
+
+    fault_redis.pause()
+    try:
+        set_values(client, a="2")  # the cache times out: the change lives in the backup only
+        assert get_values(client) == {"a": "2"}
+    finally:
+        fault_redis.resume()
+    # The hung server kept its (now older) copy.
+    assert public(cached_data(fault_redis, key)) == {"a": "1"}
+
+    wait_cooldown()
+    assert get_values(client) == {"a": "2"}
+    assert public(cached_data(fault_redis, key)) == {"a": "2"}
+    # A client holding only the session cookie reads the cache copy: the new version.
+    other = cache_only_client(key)
+    assert get_values(other) == {"a": "2"}
+    assert whoami(other) == {"user": USERNAME, "degraded": False}
+
+
+# -- New visitors and missing backups ---------------------------------------------------------
+
+
+def test_new_visitor_and_login_while_redis_is_down(fault_redis: RedisServer) -> None:
+    user = make_user()
+    fault_redis.kill()
+    client = Client()
+
+    set_values(client, cart="3")
+    assert cookie(client, settings.SESSION_COOKIE_NAME)
+    assert cookie(client, BACKUP_COOKIE)
+    assert get_values(client) == {"cart": "3"}
+    assert whoami(client) == {"user": None, "degraded": True}
+
+    login(client)
+    assert whoami(client) == {"user": USERNAME, "degraded": True}
+    assert get_values(client) == {"cart": "3"}
+    key = session_key(client)
+    row = UserSession.objects.get(key_hash=key_hash(key))
+    assert row.user == user and row.is_active
+
+    fault_redis.start()
+    wait_cooldown()
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    assert in_redis(fault_redis, key)
+    assert get_values(client) == {"cart": "3"}
+
+
+def test_client_without_backup_keeps_its_session_cookie(fault_redis: RedisServer) -> None:
+    client = logged_in_with_values(a="1")
+    key = session_key(client)
+    del client.cookies[BACKUP_COOKIE]
+
+    fault_redis.pause()
+    try:
+        response = client.get("/whoami/")
+        assert ok(response) == {"user": None, "degraded": True}
+        # Unverifiable while Redis hangs, but the session may be fine: not deleted.
+        assert settings.SESSION_COOKIE_NAME not in response.cookies
+        assert session_key(client) == key
+        response = client.get("/get/")
+        assert ok(response) == {}
+        assert settings.SESSION_COOKIE_NAME not in response.cookies
+    finally:
+        fault_redis.resume()
+
+    wait_cooldown()
+    response = client.get("/whoami/")
+    assert ok(response) == {"user": USERNAME, "degraded": False}
+    assert session_key(client) == key
+    assert cookie(client, BACKUP_COOKIE)  # re-issued with the cache answering
+    assert get_values(client) == {"a": "1"}
+
+
+def test_middleware_issues_a_missing_backup(fault_redis: RedisServer) -> None:
+    make_user()
+    client = Client()
+    assert client.login(username=USERNAME, password=PASSWORD)
+    assert not cookie(client, BACKUP_COOKIE)
+
+    response = client.get("/whoami/")
+    assert ok(response) == {"user": USERNAME, "degraded": False}
+    assert response.cookies[BACKUP_COOKIE].value
+    assert response.cookies[BACKUP_COOKIE]["httponly"]
+    assert cookie(client, BACKUP_COOKIE)
+
+    # The issued backup is a working one.
+    fault_redis.kill()
+    assert whoami(client) == {"user": USERNAME, "degraded": True}
+
+
+def test_middleware_replaces_a_stale_backup(fault_redis: RedisServer) -> None:
+    client = logged_in_with_values(a="1")
+    stale = cookie(client, BACKUP_COOKIE)
+    set_values(client, a="2")
+    assert cookie(client, BACKUP_COOKIE) != stale
+
+    client.cookies[BACKUP_COOKIE] = stale
+    response = client.get("/get/")
+    assert ok(response) == {"a": "2"}  # the newer cache copy wins over an older backup
+    fresh = response.cookies[BACKUP_COOKIE].value
+    assert fresh and fresh != stale
+
+    fault_redis.kill()
+    assert get_values(client) == {"a": "2"}
+
+
+# -- Observability ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Events of the engine's signals, in order, as (signal name, kwargs)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    watched = {
+        "cache_lost": signals.cache_lost,
+        "cache_recovered": signals.cache_recovered,
+        "session_restored": signals.session_restored,
+    }
+
+    def receiver_for(name: str) -> Any:
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            kwargs.pop("signal", None)
+            events.append((name, kwargs))
+
+        return receiver
+
+    receivers = {name: receiver_for(name) for name in watched}
+    for name, signal in watched.items():
+        signal.connect(receivers[name], weak=False, dispatch_uid=f"test-outage-{name}")
+    try:
+        yield events
+    finally:
+        for name, signal in watched.items():
+            signal.disconnect(dispatch_uid=f"test-outage-{name}")
+
+
+def test_degraded_health_and_signals_follow_the_outage(
+    fault_redis: RedisServer, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    client = logged_in_with_values(a="1")
+    key = session_key(client)
+    assert received == []
+    snap = health.snapshot()
+    assert snap["healthy"] is True
+    assert snap["breakers"]["default"]["state"] == "closed"
+    restored_before = snap["counters"]["restored_from_backup"]
+
+    fault_redis.kill()
+    assert whoami(client) == {"user": USERNAME, "degraded": True}
+    assert get_values(client) == {"a": "1"}
+    snap = health.snapshot()
+    assert snap["healthy"] is False
+    assert snap["breakers"]["default"]["state"] == "open"
+    assert snap["breakers"]["default"]["trips"] == 1
+    assert snap["counters"]["restored_from_backup"] >= restored_before + 2
+
+    names = [name for name, _ in received]
+    assert names == ["cache_lost", "session_restored", "session_restored"]
+    assert received[0][1]["alias"] == "default"
+    assert received[0][1]["error"] is not None
+    assert received[1][1] == {
+        "key_hash": key_hash(key),
+        "reason": "cache_unavailable",
+        "partial": False,
+    }
+    received.clear()
+
+    fault_redis.start()
+    wait_cooldown()
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    snap = health.snapshot()
+    assert snap["healthy"] is True
+    assert snap["breakers"]["default"]["state"] == "closed"
+    names = [name for name, _ in received]
+    assert names == ["cache_recovered", "session_restored"]
+    assert received[0][1]["alias"] == "default"
+    assert received[0][1]["downtime"] > 0
+    assert received[1][1] == {"key_hash": key_hash(key), "reason": "cache_miss", "partial": False}
+
+    received.clear()
+    assert whoami(client) == {"user": USERNAME, "degraded": False}
+    assert received == []  # served from the cache again
