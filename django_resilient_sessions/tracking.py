@@ -181,6 +181,12 @@ def purge_pending_if_due() -> None:
         on_cache_recovered(None)
 
 
+def restart_purge_clock() -> None:
+    """Start the ``PURGE_CHECK_INTERVAL`` wait afresh (used by tests)."""
+    global _last_check
+    _last_check = time.monotonic()
+
+
 def on_cache_recovered(sender: Any, **kwargs: Any) -> None:
     purged = purge_pending()
     if purged:
