@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from tests.testapp import views
 
@@ -10,4 +10,5 @@ urlpatterns = [
     path("set/", views.session_set, name="session-set"),
     path("get/", views.session_get, name="session-get"),
     path("admin/", admin.site.urls),
+    path("account/sessions/", include("django_resilient_sessions.urls")),
 ]
