@@ -33,5 +33,6 @@ session_restored = Signal()
 backup_truncated = Signal()
 
 # A backup was refused because its session was ended or revoked. Arguments:
-# key_hash, reason.
+# key_hash, reason ("ended" when Redis holds the session's tombstone, else the
+# path that tried to restore it: "cache_unavailable", "cache_miss", "newer_backup").
 backup_rejected = Signal()

@@ -107,16 +107,16 @@ class SessionStore(SessionBase):
         if ended:
             # Logged out, flushed or revoked: no backup of it comes back.
             if self.backup_token:
-                security_logger.warning("Backup of an ended or revoked session refused.")
-                self.backup_rejected = True
-                health.count("backups_rejected")
+                self._refuse(key_hash, "ended")
             return self._forget_key()
         if entry is None:
             backup = self._trusted_backup(key_hash, "cache_miss")
             if backup is None:
                 return self._forget_key()
-            self._write_back(key_hash, backup.version, backup.data, backup.expires_at, nx=True)
-            return self._adopt(backup.version, backup.data, "backup")
+            data = self._adopt(backup.version, backup.data, "backup", in_cache=False)
+            if self.session_key is not None:
+                self._write_back(key_hash, backup.version, data, backup.expires_at, nx=True)
+            return data
         if self.backup_token and codec.token_tag(self.backup_token) != entry.backup_tag:
             newer = self._newer_backup(key_hash, entry)
             if newer is not None:
@@ -137,8 +137,10 @@ class SessionStore(SessionBase):
         if trusted.partial:
             essential = set(conf.ESSENTIAL_KEYS)
             data = {k: v for k, v in entry.data.items() if k not in essential} | data
-        self._write_back(key_hash, trusted.version, data, trusted.expires_at, nx=False)
-        return self._adopt(trusted.version, data, "backup")
+        data = self._adopt(trusted.version, data, "backup", in_cache=False)
+        if self.session_key is not None:
+            self._write_back(key_hash, trusted.version, data, trusted.expires_at, nx=False)
+        return data
 
     def _adopt(
         self, version: int, data: dict[str, Any], source: str, *, in_cache: bool = True
@@ -151,7 +153,7 @@ class SessionStore(SessionBase):
         self._version = version
         self._user = data.get(SESSION_KEY)
         self.source = source
-        self._in_cache = in_cache and not self.degraded
+        self._in_cache = in_cache
         self.needs_backup = self.needs_backup or lifecycle.renewal_due(data, now)
         return data
 
@@ -189,14 +191,17 @@ class SessionStore(SessionBase):
                     logger.warning("Database unavailable: backup login trusted (FAIL_CLOSED off).")
                 active = True
             if not active:
-                security_logger.warning("Backup of an ended or revoked session refused.")
-                self.backup_rejected = True
-                health.count("backups_rejected")
-                _send(signals.backup_rejected, key_hash=key_hash, reason=reason)
+                self._refuse(key_hash, reason)
                 return None
         health.count("restored_from_backup")
         _send(signals.session_restored, key_hash=key_hash, reason=reason, partial=backup.partial)
         return backup
+
+    def _refuse(self, key_hash: str, reason: str) -> None:
+        security_logger.warning("Backup of an ended or revoked session refused.")
+        self.backup_rejected = True
+        health.count("backups_rejected")
+        _send(signals.backup_rejected, key_hash=key_hash, reason=reason)
 
     def _write_back(
         self, key_hash: str, version: int, data: dict[str, Any], expires_at: int, *, nx: bool
@@ -204,9 +209,11 @@ class SessionStore(SessionBase):
         entry = Entry(version, data, codec.token_tag(self.backup_token or ""))
         try:
             self._cache.put(key_hash, entry, expires_at - int(time.time()), nx=nx)
-            health.count("written_back")
         except CacheUnavailable:
             self.degraded = True
+            return
+        health.count("written_back")
+        self._in_cache = True
 
     # Saving ----------------------------------------------------------------
 
