@@ -2,6 +2,8 @@
 #
 #   make venv               create .venv and install the package with [test,dev] extras
 #   make redis              make sure a redis-server binary is available (tests start their own)
+#   make chromium           make sure Debian's Chromium is there for the browser test (tests/e2e)
+#   make demo               run the example site (example_project/) on http://127.0.0.1:8000
 #   make lint               ruff check, ruff format --check, mypy
 #   make test               lint + pytest (SQLite) + pytest (PostgreSQL, if reachable)
 #                           + Django's own session test suite against our engine
@@ -26,6 +28,10 @@ export DRS_TEST_PG_HOST DRS_TEST_PG_PORT
 
 SUITE_SETTINGS := tests.django_suite.settings
 
+# Chromium driven by Playwright in tests/e2e (Playwright's own browser download is not used).
+DRS_CHROMIUM ?= /usr/bin/chromium
+export DRS_CHROMIUM
+
 # Exit status 0 when PostgreSQL accepts connections on DRS_TEST_PG_HOST:DRS_TEST_PG_PORT.
 PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 		pg_isready -q -t 3 -h "$(DRS_TEST_PG_HOST)" -p "$(DRS_TEST_PG_PORT)"; \
@@ -33,7 +39,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 		$(BIN)/python -c 'import os, socket; socket.create_connection((os.environ["DRS_TEST_PG_HOST"], int(os.environ["DRS_TEST_PG_PORT"])), timeout=3).close()' >/dev/null 2>&1; \
 	fi
 
-.PHONY: help venv redis lint test test-sqlite test-postgres test-django-suite \
+.PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
 	django-suite-fetch clean
 
 help:
@@ -70,12 +76,36 @@ redis:
 	fi; \
 	echo "redis-server: $$(command -v redis-server)"
 
+# Installs Debian's chromium when DRS_CHROMIUM is the default path, missing, and we are root
+# with apt-get. Without it the browser test is skipped, except under CI where this fails.
+chromium:
+	@if [ ! -x "$(DRS_CHROMIUM)" ] && [ "$(DRS_CHROMIUM)" = /usr/bin/chromium ] \
+		&& [ "$$(id -u 2>/dev/null)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "$(DRS_CHROMIUM) not found; installing Debian's chromium with apt-get"; \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+			|| echo "apt-get could not install chromium" >&2; \
+	fi; \
+	if [ -x "$(DRS_CHROMIUM)" ]; then \
+		echo "chromium: $(DRS_CHROMIUM)"; \
+	elif [ -n "$${CI:-}" ]; then \
+		echo "error: CI is set but $(DRS_CHROMIUM) is missing; the browser test (tests/e2e) needs it." >&2; \
+		echo "Install Debian's chromium (apt-get install chromium) or set DRS_CHROMIUM." >&2; \
+		exit 1; \
+	else \
+		echo "warning: $(DRS_CHROMIUM) is missing: the browser test (tests/e2e) will be skipped." >&2; \
+		echo "Install Debian's chromium (apt-get install chromium) or set DRS_CHROMIUM." >&2; \
+	fi
+
+# The example site with its own redis-server (if installed); Ctrl-C stops everything.
+demo: venv
+	$(BIN)/python example_project/run_demo.py
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: venv redis
+test: venv redis chromium
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory test-sqlite
 	@if $(PG_READY); then \
@@ -88,7 +118,7 @@ test: venv redis
 	fi
 	@$(MAKE) --no-print-directory test-django-suite
 
-test-sqlite: venv redis
+test-sqlite: venv redis chromium
 	@mkdir -p $(ARTIFACTS)
 	DRS_TEST_DB=sqlite $(BIN)/pytest --junitxml=$(ARTIFACTS)/junit-sqlite.xml $(PYTEST_ARGS)
 
@@ -109,5 +139,5 @@ test-django-suite: venv redis django-suite-fetch
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
-		$(ARTIFACTS) .cache
+		$(ARTIFACTS) .cache example_project/demo.sqlite3
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -60,9 +60,7 @@ def assert_ttl(server: RedisServer, session_key: str, seconds: int) -> None:
 def dump_redis(server: RedisServer) -> dict[bytes, bytes]:
     """Every session entry and its raw value (plain Redis strings), tombstones left out."""
     with server.client() as client:
-        return {
-            key: client.get(key) or b"" for key in client.scan_iter() if b":ended:" not in key
-        }
+        return {key: client.get(key) or b"" for key in client.scan_iter() if b":ended:" not in key}
 
 
 def tombstones(server: RedisServer) -> list[bytes]:

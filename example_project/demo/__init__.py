@@ -1,0 +1,1 @@
+"""The example site of django-resilient-sessions (``make demo``)."""
