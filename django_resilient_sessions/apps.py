@@ -13,12 +13,9 @@ class ResilientSessionsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
         from django.db.models.signals import pre_delete
 
-        from . import checks, lifecycle, signals, tracking
+        from . import checks, lifecycle, tracking
 
         del checks  # imported for its @register side effect
-        signals.cache_recovered.connect(
-            tracking.on_cache_recovered, dispatch_uid="django_resilient_sessions.purge"
-        )
         user_logged_in.connect(
             lifecycle.on_user_logged_in, dispatch_uid="django_resilient_sessions.limit"
         )

@@ -1,10 +1,10 @@
 """A per-process circuit breaker in front of the session cache.
 
 After a failure the cache is skipped for ``BREAKER_COOLDOWN`` seconds; then one
-caller is let through as a probe while the others keep skipping.  A probe that
-succeeds closes the breaker; one that fails opens it for another cool-down.  So
-a hung Redis costs one socket timeout per process per cool-down, not one per
-request.
+caller probes it (a ``PING`` that waits at most ``BREAKER_PROBE_TIMEOUT``) while
+the others keep skipping.  A probe that succeeds closes the breaker; one that
+fails opens it for another cool-down.  So a hung Redis costs each process one
+socket timeout when it hangs, then one short probe wait per cool-down.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .conf import conf
@@ -33,10 +35,20 @@ class CircuitBreaker:
         self.last_error = ""
         self.failures = 0
         self.trips = 0
+        self._probe = threading.local()
+
+    @contextmanager
+    def probing(self) -> Iterator[None]:
+        """Inside the block, this thread's calls go through (the probe's own work)."""
+        self._probe.active = True
+        try:
+            yield
+        finally:
+            self._probe.active = False
 
     def allow(self) -> bool | None:
         """``True`` to go ahead, ``None`` to go ahead as the probe, ``False`` to skip."""
-        if self.state == CLOSED:
+        if self.state == CLOSED or getattr(self._probe, "active", False):
             return True
         with self._lock:
             now = time.monotonic()

@@ -18,11 +18,14 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db import DatabaseError
 from django_redis.exceptions import ConnectionInterrupted
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from . import health, signals
-from .breaker import get_breaker
+from .breaker import HALF_OPEN, get_breaker
 from .conf import conf
 from .exceptions import CacheUnavailable
 
@@ -79,29 +82,56 @@ class SessionCache:
     def _tomb(self, key_hash: str) -> Any:
         return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + "ended:" + key_hash)
 
-    def _call(self, operation: Callable[[Any], T]) -> T:
+    def _call(self, operation: Callable[[Any], T], *, always: bool = False) -> T:
+        """Run ``operation`` on the primary, through the breaker.
+
+        ``always`` tries even with the breaker open: for deletions, whose
+        failure leaves an ended session in the cache for other processes.
+        """
         allowed = self.breaker.allow()
-        if allowed is False:
+        if allowed is None:
+            allowed = self._probe()
+        if not (allowed or always):
             health.count("cache_skipped")
             raise CacheUnavailable(self.alias)
         try:
-            client = self.backend.client.get_client(write=True)
-            if allowed is None:
-                client.ping()
-                self._closed()
-            return operation(client)
+            return operation(self.backend.client.get_client(write=True))
         except CACHE_ERRORS as error:
-            health.count("cache_errors")
-            if self.breaker.failed(error):
-                _send(signals.cache_lost, alias=self.alias, error=error)
+            self._failed(error)
             raise CacheUnavailable(self.alias) from error
 
-    def _closed(self) -> None:
+    def _failed(self, error: BaseException) -> None:
+        health.count("cache_errors")
+        if self.breaker.failed(error):
+            _send(signals.cache_lost, alias=self.alias, error=error)
+
+    def _probe(self) -> bool:
+        """Is the cache back?  Then finish the purges queued during the outage.
+
+        The ``PING`` waits at most ``BREAKER_PROBE_TIMEOUT``, so a hung Redis
+        costs the probing request that long, not a socket timeout.  The breaker
+        closes only once the queued deletions are done: no session ended
+        during the outage is served from the cache.
+        """
+        from . import tracking  # the ledger sits on top of this module
+
+        try:
+            _ping(self.backend.client.get_client(write=True), conf.BREAKER_PROBE_TIMEOUT)
+            with self.breaker.probing():
+                tracking.purge_pending()
+        except CACHE_ERRORS as error:
+            self._failed(error)
+            return False
+        except DatabaseError:
+            # Redis is back but the queue cannot be read: serve from the cache
+            # (users stay logged in); the periodic check purges later.
+            logger.exception("Could not read the pending cache purges.")
+        if self.breaker.state != HALF_OPEN:
+            return False  # a purge failed: the breaker is open again
         downtime = self.breaker.succeeded()
         if downtime is not None:
-            # Receivers (tracking) purge what was revoked during the outage
-            # before this probe's own operation is served from the cache.
             _send(signals.cache_recovered, alias=self.alias, downtime=downtime)
+        return True
 
     def get(self, key_hash: str) -> tuple[Entry | None, bool]:
         """The cache copy, and whether the session was ended (one ``MGET``)."""
@@ -161,13 +191,35 @@ class SessionCache:
                     pipe.set(self._tomb(h), b"1", ex=max(settings.SESSION_COOKIE_AGE, 1))
             return int(pipe.execute()[0])
 
-        return self._call(operation)
+        return self._call(operation, always=True)
 
     def ping_ms(self) -> float:
         """Round-trip time of a PING in milliseconds (for health reports)."""
         start = time.perf_counter()
         self._call(lambda client: client.ping())
         return (time.perf_counter() - start) * 1000
+
+
+def _ping(client: Any, timeout: float) -> None:
+    """PING over a fresh connection whose every step waits at most ``timeout``.
+
+    A pooled connection would inherit the alias's socket timeouts (a hung
+    Redis accepts the TCP connection, then never answers the handshake).
+    """
+    pool = client.connection_pool
+    options = {
+        **pool.connection_kwargs,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    connection = pool.connection_class(**options)
+    try:
+        connection.connect()
+        connection.send_command("PING")
+        connection.read_response()
+    finally:
+        connection.disconnect()
 
 
 def _send(signal: Any, **kwargs: Any) -> None:

@@ -68,6 +68,10 @@ VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 3600,
         "a number of seconds above 0 and at most 3600",
     ),
+    "BREAKER_PROBE_TIMEOUT": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 10,
+        "a number of seconds above 0 and at most 10",
+    ),
     "FAIL_CLOSED": (lambda v: isinstance(v, bool), "True or False"),
     "CACHE_KEY_PREFIX": (lambda v: isinstance(v, str), "a string"),
     "ACTIVITY_UPDATE_INTERVAL": (_int_in(0, 86400), "an integer number of seconds, 0 to 86400"),

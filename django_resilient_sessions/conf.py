@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "ESSENTIAL_KEYS": [],
     # Seconds the cache is skipped after a failure before one probe goes through.
     "BREAKER_COOLDOWN": 5.0,
+    # Seconds the probe waits for Redis to answer its PING.
+    "BREAKER_PROBE_TIMEOUT": 0.05,
     # When the database cannot confirm an authenticated backup, drop its auth keys.
     "FAIL_CLOSED": True,
     # Prefix of the cache keys (followed by the SHA-256 of the session key).
@@ -83,6 +85,10 @@ class Settings:
     @property
     def BREAKER_COOLDOWN(self) -> float:
         return float(self._get("BREAKER_COOLDOWN"))
+
+    @property
+    def BREAKER_PROBE_TIMEOUT(self) -> float:
+        return float(self._get("BREAKER_PROBE_TIMEOUT"))
 
     @property
     def FAIL_CLOSED(self) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -43,48 +43,70 @@ def start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, age
 
     With ``MAX_SESSIONS_PER_USER`` set, the user's row is locked (``SELECT ...
     FOR UPDATE``) while the active sessions are counted, so concurrent logins
-    cannot pass the limit together.
+    cannot pass the limit together.  A lock conflict (SQLite answers "database
+    is locked" at once instead of waiting) is retried once.
     """
+    try:
+        return _start(key_hash, user_id, expires_at, ip, agent)
+    except OperationalError:
+        if transaction.get_connection().in_atomic_block:
+            raise  # the enclosing transaction is spoilt: nothing to retry in
+        logger.warning("Recording a login met a lock conflict; retrying once.")
+        time.sleep(0.05)
+        return _start(key_hash, user_id, expires_at, ip, agent)
+
+
+def _start(key_hash: str, user_id: str, expires_at: datetime, ip: str | None, agent: str) -> bool:
     now = timezone.now()
     device = describe(agent)
     pk = get_user_model()._meta.pk.to_python(user_id)
+    fields = {
+        "user_id": pk,
+        "created_at": now,
+        "last_activity": now,
+        "expires_at": expires_at,
+        "ended_at": None,
+        "end_reason": "",
+        "ip": ip if conf.TRACK_IP else None,
+        "user_agent": agent[:300],
+        "device_type": device.type,
+        "browser": device.browser,
+        "os": device.os,
+    }
     evicted: list[str] = []
     with transaction.atomic():
-        limit = conf.MAX_SESSIONS_PER_USER
-        if limit:
-            list(get_user_model()._default_manager.select_for_update().filter(pk=pk).values("pk"))
-            others = (
-                UserSession.objects.active()
-                .filter(user_id=pk)
-                .exclude(key_hash=key_hash)
-                .order_by("last_activity", "pk")
-            )
-            excess = others.count() - limit + 1
-            if excess > 0 and conf.SESSION_LIMIT_POLICY == "refuse":
+        if conf.MAX_SESSIONS_PER_USER:
+            room = _make_room(pk, key_hash, now)
+            if room is None:
                 return False
-            if excess > 0:
-                evicted = list(others.values_list("key_hash", flat=True)[:excess])
-                UserSession.objects.filter(key_hash__in=evicted).update(
-                    ended_at=now, end_reason=str(EndReason.LIMIT)
-                )
-        UserSession.objects.update_or_create(
-            key_hash=key_hash,
-            defaults={
-                "user_id": pk,
-                "created_at": now,
-                "last_activity": now,
-                "expires_at": expires_at,
-                "ended_at": None,
-                "end_reason": "",
-                "ip": ip if conf.TRACK_IP else None,
-                "user_agent": agent[:300],
-                "device_type": device.type,
-                "browser": device.browser,
-                "os": device.os,
-            },
-        )
+            evicted = room
+        # Write first (no SELECT): the statement takes the write lock at once.
+        if not UserSession.objects.filter(key_hash=key_hash).update(**fields):
+            UserSession.objects.create(key_hash=key_hash, **fields)
     purge(evicted)
     return True
+
+
+def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
+    """End the sessions a new login displaces; ``None`` if the login is refused."""
+    limit = conf.MAX_SESSIONS_PER_USER or 0
+    list(get_user_model()._default_manager.select_for_update().filter(pk=user_pk).values("pk"))
+    others = (
+        UserSession.objects.active()
+        .filter(user_id=user_pk)
+        .exclude(key_hash=key_hash)
+        .order_by("last_activity", "pk")
+    )
+    excess = others.count() - limit + 1
+    if excess <= 0:
+        return []
+    if conf.SESSION_LIMIT_POLICY == "refuse":
+        return None
+    evicted = list(others.values_list("key_hash", flat=True)[:excess])
+    UserSession.objects.filter(key_hash__in=evicted).update(
+        ended_at=now, end_reason=str(EndReason.LIMIT)
+    )
+    return evicted
 
 
 def touch(key_hash: str, expires_at: datetime) -> None:
@@ -99,18 +121,27 @@ def rekey(old_hash: str, new_hash: str) -> int:
     return moved
 
 
-def is_active(key_hash: str, user_id: Any) -> bool:
-    """May a backup holding ``user_id`` for this session be trusted?"""
-    owner = (
-        UserSession.objects.filter(
-            key_hash=key_hash,
-            ended_at__isnull=True,
-            expires_at__gt=timezone.now() - UserSession.grace(),
-        )
-        .values_list("user_id", flat=True)
+def row_state(key_hash: str, user_id: Any) -> str:
+    """``"active"``, ``"ended"`` (or expired, or another user's) or ``"missing"``.
+
+    A backup holding ``user_id`` for this session may be trusted only when
+    the answer is ``"active"``.
+    """
+    row = (
+        UserSession.objects.filter(key_hash=key_hash)
+        .values_list("user_id", "ended_at", "expires_at")
         .first()
     )
-    return owner is not None and str(owner) == str(user_id)
+    if row is None:
+        return "missing"
+    owner, ended_at, expires_at = row
+    live = ended_at is None and expires_at > timezone.now() - UserSession.grace()
+    return "active" if live and str(owner) == str(user_id) else "ended"
+
+
+def is_active(key_hash: str, user_id: Any) -> bool:
+    """May a backup holding ``user_id`` for this session be trusted?"""
+    return row_state(key_hash, user_id) == "active"
 
 
 def end(key_hashes: Sequence[str], reason: str) -> int:
@@ -178,19 +209,14 @@ def purge_pending_if_due() -> None:
         return
     _last_check = now
     if PendingPurge.objects.exists():
-        on_cache_recovered(None)
+        purged = purge_pending()
+        logger.warning("Purged %d session cache entries ended by another process.", purged)
 
 
 def restart_purge_clock() -> None:
     """Start the ``PURGE_CHECK_INTERVAL`` wait afresh (used by tests)."""
     global _last_check
     _last_check = time.monotonic()
-
-
-def on_cache_recovered(sender: Any, **kwargs: Any) -> None:
-    purged = purge_pending()
-    if purged:
-        logger.warning("Purged %d session cache entries ended during the outage.", purged)
 
 
 @dataclass

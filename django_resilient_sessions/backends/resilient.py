@@ -78,6 +78,10 @@ class SessionStore(SessionBase):
         self._user: str | None = None
         self._loaded = False
         self._in_cache = False
+        # Auth keys of a backup the database could not vouch for: kept out of
+        # the session (fail closed) but sealed into the next backup, so the
+        # login comes back once the database answers.
+        self._withheld: dict[str, Any] = {}
 
     @property
     def key_hash(self) -> str:
@@ -182,23 +186,27 @@ class SessionStore(SessionBase):
         user_id = backup.data.get(SESSION_KEY)
         if user_id is not None:
             try:
-                active = tracking.is_active(key_hash, user_id)
+                state = tracking.row_state(key_hash, user_id)
             except DatabaseError:
                 if conf.FAIL_CLOSED:
                     logger.warning("Database unavailable: backup restored without its login.")
+                    self._withheld = {k: v for k, v in backup.data.items() if k in AUTH_KEYS}
                     backup.data = {k: v for k, v in backup.data.items() if k not in AUTH_KEYS}
                 else:
                     logger.warning("Database unavailable: backup login trusted (FAIL_CLOSED off).")
-                active = True
-            if not active:
-                self._refuse(key_hash, reason)
+                state = "active"
+            if state != "active":
+                self._refuse(key_hash, reason, state)
                 return None
         health.count("restored_from_backup")
         _send(signals.session_restored, key_hash=key_hash, reason=reason, partial=backup.partial)
         return backup
 
-    def _refuse(self, key_hash: str, reason: str) -> None:
-        security_logger.warning("Backup of an ended or revoked session refused.")
+    def _refuse(self, key_hash: str, reason: str, state: str = "ended") -> None:
+        if state == "missing":
+            security_logger.warning("Backup of a login with no tracking row refused.")
+        else:
+            security_logger.warning("Backup of an ended or revoked session refused.")
         self.backup_rejected = True
         health.count("backups_rejected")
         _send(signals.backup_rejected, key_hash=key_hash, reason=reason)
@@ -241,32 +249,40 @@ class SessionStore(SessionBase):
         if lifecycle.due(data, self._user, now):
             lifecycle.record(data, key_hash, self._user, expires_at, self.client, now)
             self._user = data.get(SESSION_KEY)
+        withheld = self._withheld if SESSION_KEY not in data else {}
         sealed = cookies.seal_within_budget(
-            codec.Backup(version, expires_at, data, self._partial),
+            codec.Backup(version, expires_at, data | withheld, self._partial),
             self.session_key,
             self.serializer,
         )
         entry = Entry(version, data, codec.token_tag(sealed.token) if sealed else "")
         try:
-            if must_create:
-                if not self._cache.put(key_hash, entry, age, nx=True):
-                    raise CreateError
-            elif self._in_cache:
-                if not self._cache.put(key_hash, entry, age, xx=True):
-                    raise UpdateError
-            # Loaded from a backup while the cache was down: never overwrite
-            # a copy we did not read (a newer backup wins it back on the next
-            # request), create it if it was lost, unless the session ended.
-            elif self._may_recreate(key_hash, data) and (
-                self._cache.recreate(key_hash, entry, age) is None
-            ):
-                raise UpdateError
-            self._in_cache = True
+            self._in_cache = self._store(key_hash, entry, age, must_create, bool(withheld))
         except CacheUnavailable:
             self.degraded = True
             health.count("degraded_saves")
         self._version = version
         self._record(sealed, key_hash)
+
+    def _store(
+        self, key_hash: str, entry: Entry, age: int, must_create: bool, unconfirmed: bool
+    ) -> bool:
+        """Write the cache copy; ``True`` when the cache holds it afterwards."""
+        if must_create:
+            if not self._cache.put(key_hash, entry, age, nx=True):
+                raise CreateError
+            return True
+        # Read from the cache: update it, unless it was deleted meanwhile.
+        if self._in_cache and self._cache.put(key_hash, entry, age, xx=True):
+            return True
+        # Read from a backup, or the cache lost its copy (flush, restart):
+        # put it back unless the session ended, but never overwrite a copy we
+        # did not read (a newer backup wins it back on the next request).
+        if unconfirmed or not self._may_recreate(key_hash, entry.data):
+            return False  # kept in the backup only, until the login is confirmed
+        if self._cache.recreate(key_hash, entry, age) is None:
+            raise UpdateError  # deleted elsewhere: its tombstone says so
+        return True
 
     def _may_recreate(self, key_hash: str, data: dict[str, Any]) -> bool:
         """May a login read from a backup be put back into the cache now?"""
@@ -322,6 +338,7 @@ class SessionStore(SessionBase):
         if own:
             self._user = None
             self._version = 0
+            self._withheld = {}
 
     def _end(self, key_hash: str, reason: str | None) -> None:
         """End the row (unless ``reason`` is None) and drop the cache copy."""
