@@ -11,9 +11,18 @@
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
 #   make test-django-suite  Django's sessions_tests run against our session engine
 #   make django-suite-fetch download Django's sessions_tests for the installed Django version
+#   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
+#                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
+#   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
+#   make bench              benchmarks against Django's engines (~10 min; needs PostgreSQL):
+#                           writes benchmarks/results/ (JSON, latest.md, PNG charts)
+#   make bench-smoke        the same with tiny counts (~15 s), into benchmarks/results/smoke/
+#   make wrk                make sure wrk is there for `make bench` (else a Python load generator)
 #   make clean              remove the venv, caches and build/test artifacts
 #
 # Extra pytest arguments: make test-sqlite PYTEST_ARGS="-k breaker -x"
+# Extra chaos/fuzz arguments: make chaos CHAOS_ARGS="--users 20 --faults kill,hang"
+# Extra benchmark arguments: make bench BENCH_ARGS="--sections ops --cheap-reps 2000"
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,6 +30,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.drs-installed
 ARTIFACTS ?= test-artifacts
 PYTEST_ARGS ?=
+CHAOS_ARGS ?=
+FUZZ_ARGS ?=
+BENCH_STAMP := $(VENV)/.drs-bench-installed
+BENCH_ARGS ?=
 
 DRS_TEST_PG_HOST ?= 127.0.0.1
 DRS_TEST_PG_PORT ?= 5432
@@ -40,7 +53,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 	fi
 
 .PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
-	django-suite-fetch clean
+	django-suite-fetch bench bench-smoke bench-venv wrk chaos fuzz clean
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -136,6 +149,46 @@ test-django-suite: venv redis django-suite-fetch
 	@mkdir -p $(ARTIFACTS)
 	DRS_TEST_DB=sqlite DJANGO_SETTINGS_MODULE=$(SUITE_SETTINGS) $(BIN)/pytest tests/django_suite \
 		-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-django-suite.xml $(PYTEST_ARGS)
+
+# The [bench] extra (matplotlib, pyinstrument, py-spy) on top of the venv.
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -e '.[test,dev,bench]'
+	@touch $@
+
+# Installs Debian's wrk when missing and we are root with apt-get; otherwise the benchmarks
+# fall back to their own (slower) Python load generator.
+wrk:
+	@if ! command -v wrk >/dev/null 2>&1 \
+		&& [ "$$(id -u 2>/dev/null)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "wrk not found; installing it with apt-get"; \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; } \
+			|| echo "apt-get could not install wrk" >&2; \
+	fi; \
+	if command -v wrk >/dev/null 2>&1; then \
+		echo "wrk: $$(command -v wrk)"; \
+	else \
+		echo "warning: wrk is missing: the HTTP benchmarks use a Python load generator." >&2; \
+	fi
+
+bench: bench-venv redis wrk
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-smoke: bench-venv redis
+	$(BIN)/python -m benchmarks --smoke $(BENCH_ARGS)
+
+# The full chaos run (about 3 minutes) against PostgreSQL; exits 1 when an invariant breaks.
+chaos: venv redis
+	@$(PG_READY) || { \
+		echo "error: make chaos needs PostgreSQL on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" \
+			"(or run: $(BIN)/python -m chaos --db sqlite)" >&2; \
+		exit 1; }
+	$(BIN)/python -m chaos run --db postgres $(CHAOS_ARGS)
+
+# The full HTTP fuzz of the session and backup cookies (PostgreSQL when reachable).
+fuzz: venv redis
+	$(BIN)/python -m chaos fuzz --db auto $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
