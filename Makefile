@@ -10,6 +10,7 @@
 #   make test-sqlite        pytest with DRS_TEST_DB=sqlite
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
 #   make test-django-suite  Django's sessions_tests run against our session engine
+#   make test-django42      the suite on Django 4.2 LTS + django-redis 6 (own venv, SQLite)
 #   make django-suite-fetch download Django's sessions_tests for the installed Django version
 #   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
 #                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
@@ -53,7 +54,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 	fi
 
 .PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
-	django-suite-fetch bench bench-smoke bench-venv wrk chaos fuzz clean
+	django-suite-fetch test-django42 bench bench-smoke bench-venv wrk chaos fuzz clean
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -130,6 +131,7 @@ test: venv redis chromium
 		echo "PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT): skipping the PostgreSQL run"; \
 	fi
 	@$(MAKE) --no-print-directory test-django-suite
+	@$(MAKE) --no-print-directory test-django42
 
 test-sqlite: venv redis chromium
 	@mkdir -p $(ARTIFACTS)
@@ -149,6 +151,23 @@ test-django-suite: venv redis django-suite-fetch
 	@mkdir -p $(ARTIFACTS)
 	DRS_TEST_DB=sqlite DJANGO_SETTINGS_MODULE=$(SUITE_SETTINGS) $(BIN)/pytest tests/django_suite \
 		-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-django-suite.xml $(PYTEST_ARGS)
+
+# The other supported LTS line: Django 4.2 with django-redis 6, in a venv of its own, on
+# SQLite (the browser, chaos, multi-worker and benchmark tests run once, on the main venv).
+VENV42 ?= .venv-django42
+STAMP42 := $(VENV42)/.drs-installed
+
+$(STAMP42): pyproject.toml
+	@test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install --upgrade pip
+	$(VENV42)/bin/python -m pip install -e '.[test]' 'Django>=4.2,<5.0' 'django-redis>=6,<7'
+	@touch $@
+
+test-django42: $(STAMP42) redis
+	@mkdir -p $(ARTIFACTS)
+	DRS_TEST_DB=sqlite $(VENV42)/bin/pytest -p no:cacheprovider \
+		--ignore=tests/e2e --ignore=tests/test_multiworker.py --ignore=tests/test_chaos_short.py \
+		--ignore=tests/test_bench_smoke.py --junitxml=$(ARTIFACTS)/junit-django42.xml $(PYTEST_ARGS)
 
 # The [bench] extra (matplotlib, pyinstrument, py-spy) on top of the venv.
 bench-venv: $(BENCH_STAMP)
@@ -191,6 +210,6 @@ fuzz: venv redis
 	$(BIN)/python -m chaos fuzz --db auto $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
+	rm -rf $(VENV) $(VENV42) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
 		$(ARTIFACTS) .cache example_project/demo.sqlite3
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
