@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from . import health, signals
-from .breaker import HALF_OPEN, get_breaker
+from .breaker import CLOSED, HALF_OPEN, get_breaker
 from .conf import conf
 from .exceptions import CacheUnavailable
 
@@ -82,16 +82,12 @@ class SessionCache:
     def _tomb(self, key_hash: str) -> Any:
         return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + "ended:" + key_hash)
 
-    def _call(self, operation: Callable[[Any], T], *, always: bool = False) -> T:
-        """Run ``operation`` on the primary, through the breaker.
-
-        ``always`` tries even with the breaker open: for deletions, whose
-        failure leaves an ended session in the cache for other processes.
-        """
+    def _call(self, operation: Callable[[Any], T]) -> T:
+        """Run ``operation`` on the primary, through the breaker."""
         allowed = self.breaker.allow()
         if allowed is None:
             allowed = self._probe()
-        if not (allowed or always):
+        if not allowed:
             health.count("cache_skipped")
             raise CacheUnavailable(self.alias)
         try:
@@ -116,7 +112,8 @@ class SessionCache:
         from . import tracking  # the ledger sits on top of this module
 
         try:
-            _ping(self.backend.client.get_client(write=True), conf.BREAKER_PROBE_TIMEOUT)
+            client = self.backend.client.get_client(write=True)
+            _run_quick(client, [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
             with self.breaker.probing():
                 tracking.purge_pending()
         except CACHE_ERRORS as error:
@@ -177,21 +174,27 @@ class SessionCache:
         """Delete cache copies, leaving a tombstone so no backup brings them back.
 
         One round trip (a pipeline).  The tombstone lives as long as a backup
-        can (``SESSION_COOKIE_AGE``).
+        can (``SESSION_COOKIE_AGE``).  Tried even with the breaker open.
         """
         hashes = list(key_hashes)
         if not hashes:
             return 0
 
-        def operation(client: Any) -> int:
-            pipe = client.pipeline(transaction=False)
-            pipe.delete(*[self._key(h) for h in hashes])
-            if tombstone:
-                for h in hashes:
-                    pipe.set(self._tomb(h), b"1", ex=max(settings.SESSION_COOKIE_AGE, 1))
-            return int(pipe.execute()[0])
-
-        return self._call(operation, always=True)
+        commands: list[tuple[Any, ...]] = [("DEL", *[self._key(h) for h in hashes])]
+        if tombstone:
+            ttl = max(settings.SESSION_COOKIE_AGE, 1)
+            commands += [("SET", self._tomb(h), b"1", "EX", ttl) for h in hashes]
+        if self.breaker.state == CLOSED:
+            return int(self._call(lambda client: _pipeline(client, commands))[0])
+        # Breaker open: try anyway, since a deletion that fails leaves an ended
+        # session in the cache for other processes, but on a connection of its
+        # own that waits no longer than the probe does.
+        try:
+            client = self.backend.client.get_client(write=True)
+            return int(_run_quick(client, commands, conf.BREAKER_PROBE_TIMEOUT)[0])
+        except CACHE_ERRORS as error:
+            self._failed(error)
+            raise CacheUnavailable(self.alias) from error
 
     def ping_ms(self) -> float:
         """Round-trip time of a PING in milliseconds (for health reports)."""
@@ -200,8 +203,15 @@ class SessionCache:
         return (time.perf_counter() - start) * 1000
 
 
-def _ping(client: Any, timeout: float) -> None:
-    """PING over a fresh connection whose every step waits at most ``timeout``.
+def _pipeline(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute())
+
+
+def _run_quick(client: Any, commands: list[tuple[Any, ...]], timeout: float) -> list[Any]:
+    """Run ``commands`` over a fresh connection whose every step waits at most ``timeout``.
 
     A pooled connection would inherit the alias's socket timeouts (a hung
     Redis accepts the TCP connection, then never answers the handshake).
@@ -216,8 +226,8 @@ def _ping(client: Any, timeout: float) -> None:
     connection = pool.connection_class(**options)
     try:
         connection.connect()
-        connection.send_command("PING")
-        connection.read_response()
+        connection.send_packed_command(connection.pack_commands(commands))
+        return [connection.read_response() for _ in commands]  # raises on an error reply
     finally:
         connection.disconnect()
 
