@@ -1,0 +1,75 @@
+"""The short forms of the chaos run and of the HTTP cookie fuzz, as part of ``make test``.
+
+Both run ``python -m chaos`` in a subprocess (it starts its own Redis, Sentinel, gunicorn
+servers and SQLite database, all on loopback) and must exit 0 with their table printed:
+
+- ``python -m chaos --short``: 10 virtual users against two app servers while Redis is
+  killed, restarted empty, hung, write-paused, flushed, failed over by Sentinel, and the
+  database goes away during an outage; no 5xx, no lost write, no unexpected logout, no
+  replay of a dead session accepted (``chaos.KNOWN_BUGS`` excepted, see
+  ``tests/test_chaos_findings.py``);
+- ``python -m chaos fuzz --short``: 1,500 mutated session and backup cookies; no 5xx,
+  nobody logged in, exactly one ``SuspiciousSession`` log line per refused backup.
+
+They run on the ``DRS_TEST_DB=sqlite`` pass only (the full ``make chaos`` uses PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    (os.environ.get("DRS_TEST_DB", "sqlite").strip().lower() or "sqlite") != "sqlite",
+    reason="the short chaos run goes with the SQLite pass",
+)
+
+
+def run_chaos(*args: str, timeout: float) -> tuple[int, str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "chaos", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(errors="replace"), time.monotonic() - start
+
+
+def test_short_chaos_run_keeps_every_invariant() -> None:
+    code, output, elapsed = run_chaos("run", "--short", "--db", "sqlite", timeout=240)
+    assert "CHAOS TABLE" in output, output[-5000:]
+    assert code == 0, output[-8000:]
+    assert "CHAOS RESULT: PASS" in output
+    for fault in (
+        "redis killed",
+        "redis restarted empty",
+        "redis hung (SIGSTOP)",
+        "redis slowed (CLIENT PAUSE WRITE)",
+        "FLUSHALL",
+        "revocation during outage",
+        "DB down during outage",
+        "sentinel failover",
+    ):
+        assert f"| {fault} " in output, f"no row for {fault!r}"
+    print(f"short chaos run: {elapsed:.0f} s")
+
+
+def test_short_http_fuzz_of_session_cookies() -> None:
+    code, output, elapsed = run_chaos("fuzz", "--short", "--db", "sqlite", timeout=180)
+    assert "FUZZ TABLE" in output, output[-5000:]
+    assert code == 0, output[-8000:]
+    assert "FUZZ RESULT: PASS" in output
+    assert "1500 requests" in output
+    print(f"short HTTP fuzz: {elapsed:.0f} s")
