@@ -15,7 +15,7 @@
 #   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
 #                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
 #   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
-#   make bench              benchmarks against Django's engines (~10 min; needs PostgreSQL):
+#   make bench              benchmarks against Django's engines (~8 min; needs PostgreSQL):
 #                           writes benchmarks/results/ (JSON, latest.md, PNG charts)
 #   make bench-smoke        the same with tiny counts (~15 s), into benchmarks/results/smoke/
 #   make wrk                make sure wrk is there for `make bench` (else a Python load generator)
