@@ -131,12 +131,16 @@ class SessionCache:
         return True
 
     def get(self, key_hash: str) -> tuple[Entry | None, bool]:
-        """The cache copy, and whether the session was ended (one ``MGET``)."""
-        keys = [self._key(key_hash), self._tomb(key_hash)]
-        raw, tomb = self._call(lambda client: client.mget(keys))
+        """The cache copy, and whether the session was ended.
+
+        One ``GET``; a miss asks for the tombstone too (a second round trip,
+        on the rare path that may restore a backup).
+        """
+        key = self._key(key_hash)
+        raw = self._call(lambda client: client.get(key))
         if raw is None:
             health.count("cache_misses")
-            return None, tomb is not None
+            return None, bool(self._call(lambda client: client.exists(self._tomb(key_hash))))
         try:
             entry = Entry.load(self.backend.client.decode(raw))
         # A value this engine did not write (another serializer, a foreign
@@ -145,7 +149,7 @@ class SessionCache:
             logger.warning("Unreadable session cache entry %s treated as missing.", key_hash[:12])
             entry = None
         health.count("cache_hits" if entry is not None else "cache_misses")
-        return entry, tomb is not None
+        return entry, False
 
     def put(
         self, key_hash: str, entry: Entry, ttl: int, *, nx: bool = False, xx: bool = False

@@ -91,7 +91,7 @@ def seal(backup: Backup, session_key: str, serializer: Any) -> str:
         raise ValueError("session too large for a backup")
     flags = FLAG_PARTIAL if backup.partial else 0
     if len(payload) > COMPRESS_ABOVE:
-        packed = zlib.compress(payload, 6)
+        packed = zlib.compress(payload, 1)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED
     plaintext = HEADER.pack(backup.version, backup.expires_at, flags) + payload

@@ -9,9 +9,12 @@ bad values with stable IDs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 DEFAULTS: dict[str, Any] = {
     # Name of the (first) backup cookie; chunks add "_1", "_2", ...
@@ -60,53 +63,57 @@ AUTH_KEYS = ("_auth_user_id", "_auth_user_backend", "_auth_user_hash", LOGIN_AT_
 
 
 class Settings:
-    """Typed, lazily read view of ``settings.RESILIENT_SESSIONS``."""
+    """Typed view of ``settings.RESILIENT_SESSIONS``, read once per value.
+
+    Values are cached on first use and forgotten whenever Django announces a
+    settings change (``override_settings`` in tests), see :func:`reload`.
+    """
 
     def _get(self, name: str) -> Any:
         options = getattr(settings, "RESILIENT_SESSIONS", None) or {}
         return options.get(name, DEFAULTS[name])
 
-    @property
+    @cached_property
     def BACKUP_COOKIE_NAME(self) -> str:
         return str(self._get("BACKUP_COOKIE_NAME"))
 
-    @property
+    @cached_property
     def BACKUP_COOKIE_MAX_BYTES(self) -> int:
         return int(self._get("BACKUP_COOKIE_MAX_BYTES"))
 
-    @property
+    @cached_property
     def BACKUP_COOKIE_MAX_CHUNKS(self) -> int:
         return int(self._get("BACKUP_COOKIE_MAX_CHUNKS"))
 
-    @property
+    @cached_property
     def ESSENTIAL_KEYS(self) -> tuple[str, ...]:
         return (*AUTH_KEYS, "_session_expiry", *self._get("ESSENTIAL_KEYS"))
 
-    @property
+    @cached_property
     def BREAKER_COOLDOWN(self) -> float:
         return float(self._get("BREAKER_COOLDOWN"))
 
-    @property
+    @cached_property
     def BREAKER_PROBE_TIMEOUT(self) -> float:
         return float(self._get("BREAKER_PROBE_TIMEOUT"))
 
-    @property
+    @cached_property
     def FAIL_CLOSED(self) -> bool:
         return bool(self._get("FAIL_CLOSED"))
 
-    @property
+    @cached_property
     def CACHE_KEY_PREFIX(self) -> str:
         return str(self._get("CACHE_KEY_PREFIX"))
 
-    @property
+    @cached_property
     def ACTIVITY_UPDATE_INTERVAL(self) -> int:
         return int(self._get("ACTIVITY_UPDATE_INTERVAL"))
 
-    @property
+    @cached_property
     def TRACK_IP(self) -> bool:
         return bool(self._get("TRACK_IP"))
 
-    @property
+    @cached_property
     def IP_RESOLVER(self) -> Callable[..., str | None] | None:
         path = self._get("IP_RESOLVER")
         if not path:
@@ -116,37 +123,44 @@ class Settings:
         resolver: Callable[..., str | None] = import_string(path)
         return resolver
 
-    @property
+    @cached_property
     def ENDED_RETENTION_DAYS(self) -> int:
         return int(self._get("ENDED_RETENTION_DAYS"))
 
-    @property
+    @cached_property
     def CLEANUP_BATCH_SIZE(self) -> int:
         return int(self._get("CLEANUP_BATCH_SIZE"))
 
-    @property
+    @cached_property
     def PURGE_CHECK_INTERVAL(self) -> float | None:
         value = self._get("PURGE_CHECK_INTERVAL")
         return None if value is None else float(value)
 
-    @property
+    @cached_property
     def MAX_SESSIONS_PER_USER(self) -> int | None:
         value = self._get("MAX_SESSIONS_PER_USER")
         return None if value is None else int(value)
 
-    @property
+    @cached_property
     def SESSION_LIMIT_POLICY(self) -> str:
         return str(self._get("SESSION_LIMIT_POLICY"))
 
-    @property
+    @cached_property
     def IDLE_TIMEOUT(self) -> int | None:
         value = self._get("IDLE_TIMEOUT")
         return None if value is None else int(value)
 
-    @property
+    @cached_property
     def ABSOLUTE_TIMEOUT(self) -> int | None:
         value = self._get("ABSOLUTE_TIMEOUT")
         return None if value is None else int(value)
 
 
 conf = Settings()
+
+
+@receiver(setting_changed)
+def reload(*, setting: str, **kwargs: Any) -> None:
+    """Forget cached values when ``RESILIENT_SESSIONS`` or a cookie setting changes."""
+    if setting == "RESILIENT_SESSIONS" or setting.startswith("SESSION_COOKIE_"):
+        conf.__dict__.clear()

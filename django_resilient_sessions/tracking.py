@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import OperationalError, transaction
-from django.db.models import Q
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from . import health
@@ -127,14 +127,12 @@ def row_state(key_hash: str, user_id: Any) -> str:
     A backup holding ``user_id`` for this session may be trusted only when
     the answer is ``"active"``.
     """
-    row = (
-        UserSession.objects.filter(key_hash=key_hash)
-        .values_list("user_id", "ended_at", "expires_at")
-        .first()
-    )
-    if row is None:
+    rows = UserSession.objects.filter(key_hash=key_hash).values_list(
+        "user_id", "ended_at", "expires_at"
+    )[:1]  # no ORDER BY: the key hash is unique
+    if not rows:
         return "missing"
-    owner, ended_at, expires_at = row
+    owner, ended_at, expires_at = rows[0]
     live = ended_at is None and expires_at > timezone.now() - UserSession.grace()
     return "active" if live and str(owner) == str(user_id) else "ended"
 
@@ -227,27 +225,27 @@ class Cleanup:
 
 
 def clear_expired(progress: Any = None) -> Cleanup:
-    """Mark expired rows, delete rows ended past retention, finish purges.
+    """Delete rows ended or expired past retention, mark expired ones, finish purges.
 
-    Works in batches of ``CLEANUP_BATCH_SIZE`` primary keys, so memory stays
-    flat whatever the table's size.  ``progress(Cleanup)`` is called per batch.
+    Walks the table in windows of ``CLEANUP_BATCH_SIZE`` primary keys, two
+    statements per window (a DELETE, then an UPDATE), so no statement touches
+    more rows than that and memory stays flat whatever the table's size.
+    ``progress(Cleanup)`` is called after each window.
     """
     result = Cleanup(purged=purge_pending())
     now = timezone.now()
     size = conf.CLEANUP_BATCH_SIZE
-    expired = UserSession.objects.filter(
-        ended_at__isnull=True, expires_at__lte=now - UserSession.grace()
-    )
-    while ids := list(expired.values_list("pk", flat=True)[:size]):
-        result.expired += UserSession.objects.filter(pk__in=ids).update(
-            ended_at=now, end_reason=str(EndReason.EXPIRED)
-        )
-        if progress:
-            progress(result)
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
-    old = UserSession.objects.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff))
-    while ids := list(old.order_by("pk").values_list("pk", flat=True)[:size]):
-        result.deleted += UserSession.objects.filter(pk__in=ids).delete()[0]
+    past_retention = Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)
+    bounds = UserSession.objects.aggregate(low=Min("pk"), high=Max("pk"))
+    if bounds["low"] is None:
+        return result
+    for first in range(bounds["low"], bounds["high"] + 1, size):
+        window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size)
+        result.deleted += window.filter(past_retention).delete()[0]
+        result.expired += window.filter(
+            ended_at__isnull=True, expires_at__lte=now - UserSession.grace()
+        ).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
         if progress:
             progress(result)
     return result

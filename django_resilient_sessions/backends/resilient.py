@@ -28,6 +28,7 @@ from django.db import DatabaseError
 from django.utils.crypto import get_random_string
 
 from .. import codec, cookies, health, lifecycle, signals, tracking
+from ..breaker import CLOSED
 from ..cachecopy import Entry, SessionCache, hash_key
 from ..conf import AUTH_KEYS, conf
 from ..exceptions import CacheUnavailable
@@ -194,8 +195,8 @@ class SessionStore(SessionBase):
                     backup.data = {k: v for k, v in backup.data.items() if k not in AUTH_KEYS}
                 else:
                     logger.warning("Database unavailable: backup login trusted (FAIL_CLOSED off).")
-                state = "active"
-            if state != "active":
+                state = "unconfirmed"
+            if state not in ("active", "unconfirmed"):
                 self._refuse(key_hash, reason, state)
                 return None
         health.count("restored_from_backup")
@@ -286,6 +287,8 @@ class SessionStore(SessionBase):
 
     def _may_recreate(self, key_hash: str, data: dict[str, Any]) -> bool:
         """May a login read from a backup be put back into the cache now?"""
+        if self._cache.breaker.state != CLOSED:
+            return False  # the write would be skipped: spare the query
         user = data.get(SESSION_KEY)
         if user is None:
             return True
