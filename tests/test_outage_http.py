@@ -21,7 +21,6 @@ redis-server that the test kills, restarts empty, flushes or hangs (SIGSTOP).  C
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
@@ -29,21 +28,32 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import User
-from django.core.cache import caches
 from django.test import Client, override_settings
 
 from django_resilient_sessions import health, signals
 from django_resilient_sessions.conf import conf
 from django_resilient_sessions.models import UserSession
 from tests.redis_server import RedisServer
+from tests.web import (
+    BACKUP_COOKIE,
+    PASSWORD,
+    cache_client,
+    cookie,
+    get_values,
+    in_redis,
+    key_hash,
+    login,
+    make_user,
+    ok,
+    session_key,
+    set_values,
+    whoami,
+)
 
 pytestmark = pytest.mark.django_db
 
 COOLDOWN = 0.2
 USERNAME = "alice"
-PASSWORD = "correct horse battery staple"
-BACKUP_COOKIE = "sessionbackup"
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -60,66 +70,8 @@ def wait_cooldown(seconds: float = COOLDOWN) -> None:
     time.sleep(seconds + 0.05)
 
 
-def make_user(username: str = USERNAME) -> User:
-    user: User = User.objects.create_user(username=username, password=PASSWORD)
-    return user
-
-
-def ok(response: Any) -> dict[str, Any]:
-    """The JSON body of a response that must be a 200 (never a 4xx/5xx during outages)."""
-    assert response.status_code == 200, (response.status_code, response.content[:500])
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def login(client: Client, username: str = USERNAME) -> None:
-    response = client.post("/login/", {"username": username, "password": PASSWORD})
-    assert ok(response) == {"ok": True}
-    assert cookie(client, settings.SESSION_COOKIE_NAME)
-    assert cookie(client, BACKUP_COOKIE)
-
-
-def whoami(client: Client) -> dict[str, Any]:
-    return ok(client.get("/whoami/"))
-
-
-def get_values(client: Client) -> dict[str, Any]:
-    return ok(client.get("/get/"))
-
-
-def set_values(client: Client, **values: str) -> None:
-    assert ok(client.post("/set/", values))["ok"] is True
-
-
-def cookie(client: Client, name: str) -> str:
-    """The value the client would send for ``name`` ("" when absent or deleted)."""
-    morsel = client.cookies.get(name)
-    return morsel.value if morsel is not None else ""
-
-
-def session_key(client: Client) -> str:
-    key = cookie(client, settings.SESSION_COOKIE_NAME)
-    assert key
-    return key
-
-
-def cache_client() -> Any:
-    """django-redis's client of the session cache (untyped)."""
-    cache: Any = caches["default"]
-    return cache.client
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def redis_key(key: str) -> str:
     return str(cache_client().make_key("resilient_sessions:" + key_hash(key)))
-
-
-def in_redis(server: RedisServer, key: str) -> bool:
-    with server.client() as raw:
-        return bool(raw.exists(redis_key(key)))
 
 
 def cached_data(server: RedisServer, key: str) -> dict[str, Any] | None:

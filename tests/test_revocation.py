@@ -19,20 +19,17 @@ Covered:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.cache import caches
 from django.core.management import call_command
 from django.db import DatabaseError, connection
 from django.test import Client, override_settings
@@ -42,10 +39,24 @@ from django.utils import timezone
 from django_resilient_sessions.breaker import reset_breakers
 from django_resilient_sessions.models import PendingPurge, UserSession
 from tests.redis_server import RedisServer
+from tests.web import (
+    BACKUP_COOKIE,
+    captured,
+    get_values,
+    in_redis,
+    key_hash,
+    login,
+    make_user,
+    ok,
+    redis_key_for_hash,
+    replay,
+    session_key,
+    set_values,
+    user_of,
+    whoami,
+)
 
 COOLDOWN = 0.2
-PASSWORD = "correct horse battery staple"
-BACKUP_COOKIE = "sessionbackup"
 AGENT = "Mozilla/5.0 (X11; Linux x86_64) DRS-Test/1.0"
 
 
@@ -60,82 +71,6 @@ def short_cooldown() -> Iterator[None]:
 
 def wait_cooldown() -> None:
     time.sleep(COOLDOWN + 0.05)
-
-
-def make_user(username: str = "alice") -> User:
-    user: User = User.objects.create_user(username=username, password=PASSWORD)
-    return user
-
-
-def ok(response: Any) -> dict[str, Any]:
-    assert response.status_code == 200, (response.status_code, response.content[:500])
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def login(client: Client, username: str = "alice", **extra: Any) -> None:
-    response = client.post("/login/", {"username": username, "password": PASSWORD}, **extra)
-    assert ok(response) == {"ok": True}
-    assert cookie(client, BACKUP_COOKIE)
-
-
-def whoami(client: Client) -> dict[str, Any]:
-    return ok(client.get("/whoami/"))
-
-
-def user_of(client: Client) -> str | None:
-    user: str | None = whoami(client)["user"]
-    return user
-
-
-def get_values(client: Client) -> dict[str, Any]:
-    return ok(client.get("/get/"))
-
-
-def set_values(client: Client, **values: str) -> None:
-    assert ok(client.post("/set/", values))["ok"] is True
-
-
-def cookie(client: Client, name: str) -> str:
-    morsel = client.cookies.get(name)
-    return morsel.value if morsel is not None else ""
-
-
-def session_key(client: Client) -> str:
-    key = cookie(client, settings.SESSION_COOKIE_NAME)
-    assert key
-    return key
-
-
-def cache_client() -> Any:
-    """django-redis's client of the session cache (untyped)."""
-    cache: Any = caches["default"]
-    return cache.client
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def redis_key_for_hash(digest: str) -> str:
-    return str(cache_client().make_key("resilient_sessions:" + digest))
-
-
-def in_redis(server: RedisServer, key: str) -> bool:
-    with server.client() as raw:
-        return bool(raw.exists(redis_key_for_hash(key_hash(key))))
-
-
-def captured(client: Client) -> dict[str, str]:
-    """The cookie values a client holds now (what an attacker could copy)."""
-    return {name: morsel.value for name, morsel in client.cookies.items() if morsel.value}
-
-
-def replay(cookies: dict[str, str]) -> Client:
-    """A fresh client presenting previously captured cookies."""
-    client = Client()
-    client.cookies = SimpleCookie(cookies)
-    return client
 
 
 def row_of(client: Client) -> UserSession:

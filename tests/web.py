@@ -1,0 +1,113 @@
+"""HTTP helpers shared by the tests that drive the test app through Django's Client."""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.cache import caches
+from django.test import Client
+
+from django_resilient_sessions.cachecopy import hash_key as key_hash
+from tests.redis_server import RedisServer
+
+__all__ = [
+    "BACKUP_COOKIE",
+    "PASSWORD",
+    "cache_client",
+    "captured",
+    "cookie",
+    "get_values",
+    "in_redis",
+    "key_hash",
+    "login",
+    "make_user",
+    "ok",
+    "redis_key_for_hash",
+    "replay",
+    "session_key",
+    "set_values",
+    "user_of",
+    "whoami",
+]
+
+PASSWORD = "correct horse battery staple"
+BACKUP_COOKIE = "sessionbackup"
+
+
+def make_user(username: str = "alice") -> User:
+    user: User = User.objects.create_user(username=username, password=PASSWORD)
+    return user
+
+
+def ok(response: Any) -> dict[str, Any]:
+    """The JSON body of a response that must be a 200 (never a 4xx/5xx during outages)."""
+    assert response.status_code == 200, (response.status_code, response.content[:500])
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def login(client: Client, username: str = "alice", **extra: Any) -> None:
+    """Log in through the middleware (unlike ``Client.login``, this sets a backup cookie)."""
+    response = client.post("/login/", {"username": username, "password": PASSWORD}, **extra)
+    assert ok(response) == {"ok": True}
+    assert cookie(client, settings.SESSION_COOKIE_NAME)
+    assert cookie(client, BACKUP_COOKIE)
+
+
+def whoami(client: Client) -> dict[str, Any]:
+    return ok(client.get("/whoami/"))
+
+
+def user_of(client: Client) -> str | None:
+    user: str | None = whoami(client)["user"]
+    return user
+
+
+def get_values(client: Client) -> dict[str, Any]:
+    return ok(client.get("/get/"))
+
+
+def set_values(client: Client, **values: str) -> None:
+    assert ok(client.post("/set/", values))["ok"] is True
+
+
+def cookie(client: Client, name: str) -> str:
+    """The value the client would send for ``name`` ("" when absent or deleted)."""
+    morsel = client.cookies.get(name)
+    return morsel.value if morsel is not None else ""
+
+
+def session_key(client: Client) -> str:
+    key = cookie(client, settings.SESSION_COOKIE_NAME)
+    assert key
+    return key
+
+
+def captured(client: Client) -> dict[str, str]:
+    """The cookie values a client holds now (what an attacker could copy)."""
+    return {name: morsel.value for name, morsel in client.cookies.items() if morsel.value}
+
+
+def replay(cookies: dict[str, str]) -> Client:
+    """A fresh client presenting previously captured cookies."""
+    client = Client()
+    client.cookies = SimpleCookie(cookies)
+    return client
+
+
+def cache_client() -> Any:
+    """django-redis's client of the session cache (untyped)."""
+    cache: Any = caches["default"]
+    return cache.client
+
+
+def redis_key_for_hash(digest: str) -> str:
+    return str(cache_client().make_key("resilient_sessions:" + digest))
+
+
+def in_redis(server: RedisServer, key: str) -> bool:
+    with server.client() as raw:
+        return bool(raw.exists(redis_key_for_hash(key_hash(key))))
