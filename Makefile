@@ -1,6 +1,6 @@
 # Build and test entry points for django-resilient-sessions.
 #
-#   make venv               create .venv and install the package with [test,dev] extras
+#   make venv               create .venv and install the package with [test,dev,bench] extras
 #   make redis              make sure a redis-server binary is available (tests start their own)
 #   make chromium           make sure Debian's Chromium is there for the browser test (tests/e2e)
 #   make demo               run the example site (example_project/) on http://127.0.0.1:8000
@@ -33,7 +33,6 @@ ARTIFACTS ?= test-artifacts
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 FUZZ_ARGS ?=
-BENCH_STAMP := $(VENV)/.drs-bench-installed
 BENCH_ARGS ?=
 
 DRS_TEST_PG_HOST ?= 127.0.0.1
@@ -54,7 +53,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 	fi
 
 .PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
-	django-suite-fetch test-django42 bench bench-smoke bench-venv wrk chaos fuzz clean
+	django-suite-fetch test-django42 bench bench-smoke wrk chaos fuzz clean
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -65,7 +64,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,dev]'
+	$(BIN)/python -m pip install -e '.[test,dev,bench]'
 	@touch $@
 
 redis:
@@ -169,13 +168,6 @@ test-django42: $(STAMP42) redis
 		--ignore=tests/e2e --ignore=tests/test_multiworker.py --ignore=tests/test_chaos_short.py \
 		--ignore=tests/test_bench_smoke.py --junitxml=$(ARTIFACTS)/junit-django42.xml $(PYTEST_ARGS)
 
-# The [bench] extra (matplotlib, pyinstrument, py-spy) on top of the venv.
-bench-venv: $(BENCH_STAMP)
-
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install -e '.[test,dev,bench]'
-	@touch $@
-
 # Installs Debian's wrk when missing and we are root with apt-get; otherwise the benchmarks
 # fall back to their own (slower) Python load generator.
 wrk:
@@ -191,10 +183,10 @@ wrk:
 		echo "warning: wrk is missing: the HTTP benchmarks use a Python load generator." >&2; \
 	fi
 
-bench: bench-venv redis wrk
+bench: venv redis wrk
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-bench-smoke: bench-venv redis
+bench-smoke: venv redis
 	$(BIN)/python -m benchmarks --smoke $(BENCH_ARGS)
 
 # The full chaos run (about 3 minutes) against PostgreSQL; exits 1 when an invariant breaks.
