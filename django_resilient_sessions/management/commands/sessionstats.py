@@ -62,6 +62,7 @@ class Command(BaseCommand):
         per_user = stats["sessions_per_user"]
         cache = stats["cache"]
         rtt = f"{cache['round_trip_ms']} ms" if cache["reachable"] else "unreachable"
+        label = f"Cache {cache['alias']!r}:"
         lines = [
             f"Active sessions:   {stats['active_sessions']}",
             f"Active users:      {stats['active_users']}",
@@ -69,6 +70,6 @@ class Command(BaseCommand):
             "By device:         "
             + (", ".join(f"{k} {v}" for k, v in stats["by_device"].items()) or "none"),
             f"Pending purges:    {stats['pending_purges']}",
-            f"Cache {cache['alias']!r}:     breaker {cache['breaker']}, round trip {rtt}",
+            f"{label:<19}breaker {cache['breaker']}, round trip {rtt}",
         ]
         self.stdout.write("\n".join(lines))
