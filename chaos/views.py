@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth import logout
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+
+from tests.testapp.views import log_in_from_post
 
 
 def _user(request: HttpRequest) -> str | None:
@@ -32,14 +34,9 @@ def _session_info(request: HttpRequest) -> dict[str, Any]:
 @csrf_exempt
 @require_POST
 def login_view(request: HttpRequest) -> JsonResponse:
-    user = authenticate(
-        request,
-        username=request.POST.get("username", ""),
-        password=request.POST.get("password", ""),
-    )
+    user = log_in_from_post(request)
     if user is None:
         return JsonResponse({"ok": False}, status=403)
-    login(request, user)
     return JsonResponse({"ok": True, "user": user.get_username(), **_session_info(request)})
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.auth import authenticate, login
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+
+from tests.testapp.views import log_in_from_post
 
 APP_DATA: dict[str, Any] = {
     "cart": [
@@ -43,14 +44,9 @@ def _auth_header(request: HttpRequest, response: HttpResponse) -> HttpResponse:
 @csrf_exempt
 @require_POST
 def login_view(request: HttpRequest) -> HttpResponse:
-    user = authenticate(
-        request,
-        username=request.POST.get("username", ""),
-        password=request.POST.get("password", ""),
-    )
+    user = log_in_from_post(request)
     if user is None:
         return JsonResponse({"ok": False}, status=403)
-    login(request, user)
     request.session.update(APP_DATA)
     return _auth_header(request, JsonResponse({"ok": True}))
 

@@ -5,23 +5,34 @@ All views are CSRF-exempt so that plain test clients and HTTP clients can POST t
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import authenticate, login, logout
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 
-@csrf_exempt
-@require_POST
-def login_view(request: HttpRequest) -> JsonResponse:
+def log_in_from_post(request: HttpRequest) -> Any:
+    """Authenticate the POSTed username and password and log in; the user, or None.
+
+    Shared with the chaos and benchmark sites, whose login views answer differently.
+    """
     user = authenticate(
         request,
         username=request.POST.get("username", ""),
         password=request.POST.get("password", ""),
     )
-    if user is None:
+    if user is not None:
+        login(request, user)
+    return user
+
+
+@csrf_exempt
+@require_POST
+def login_view(request: HttpRequest) -> JsonResponse:
+    if log_in_from_post(request) is None:
         return JsonResponse({"ok": False}, status=403)
-    login(request, user)
     return JsonResponse({"ok": True})
 
 
