@@ -42,8 +42,6 @@ FAULTS = (
     "failover",
 )
 SHORT_FAULTS = tuple(f for f in FAULTS if f != "pause-all")
-#: Latency bound for requests that did not wait for Redis while it hangs (breaker open).
-HANG_P99_MS = 100.0
 
 
 @dataclass
@@ -374,11 +372,12 @@ class Runner:
                 self.topology.start_empty(node)
 
     def hang_latency(self) -> None:
-        """The breaker's promise while Redis hangs, measured after the hang's first second.
+        """The breaker's promise while Redis hangs, counted after the hang's first second.
 
         At most one request per worker per cool-down waits for Redis (the breaker's
-        probe, bounded by BREAKER_PROBE_TIMEOUT), and the client-side p99 stays under
-        HANG_P99_MS.
+        probe, bounded by BREAKER_PROBE_TIMEOUT): a count, checked.  Latencies are
+        reported beside it, never asserted: on a loaded machine they measure the
+        machine, not the engine.
         """
         assert self.world is not None
         workers = 2 * len(self.servers)
@@ -414,12 +413,6 @@ class Runner:
                     f"{len(waited)} requests waited for the hung Redis, more than one per "
                     f"worker per cool-down ({allowed})",
                 )
-            if p99_all > HANG_P99_MS:
-                detail = (
-                    f"p99 {p99_all:.0f} ms > {HANG_P99_MS:.0f} ms after the first second "
-                    "of the hang"
-                )
-                self.world_violation(window.phase, stats.LATENCY, detail)
 
     def world_violation(self, phase: str, kind: str, detail: str) -> None:
         assert self.world is not None

@@ -1,4 +1,8 @@
-"""Read-only admin for ``UserSession`` with a "Revoke selected sessions" action."""
+"""Read-only admin for ``UserSession`` with a "Revoke selected sessions" action.
+
+Deleting rows (the "Delete selected" action or the Delete button) revokes
+the sessions first, so a deleted row never leaves a device logged in.
+"""
 
 from __future__ import annotations
 
@@ -68,6 +72,14 @@ class UserSessionAdmin(ModelAdmin):
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("django_resilient_sessions.delete_usersession")
+
+    def delete_model(self, request: HttpRequest, obj: UserSession) -> None:
+        obj.revoke()
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UserSession]) -> None:
+        UserSession.objects.filter(pk__in=queryset.values("pk")).revoke()
+        super().delete_queryset(request, queryset)
 
     @admin.action(description=_("Revoke selected sessions"), permissions=["revoke"])
     def revoke_sessions(self, request: HttpRequest, queryset: QuerySet[UserSession]) -> None:

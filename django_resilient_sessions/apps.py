@@ -13,11 +13,12 @@ class ResilientSessionsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
         from django.db.models.signals import pre_delete
 
-        from . import checks, lifecycle, tracking
+        from . import checks, lifecycle, purges, tracking
 
         del checks  # imported for its @register side effect
+        purges.install()
         user_logged_in.connect(
-            lifecycle.on_user_logged_in, dispatch_uid="django_resilient_sessions.limit"
+            lifecycle.on_user_logged_in, dispatch_uid="django_resilient_sessions.login"
         )
         pre_delete.connect(
             tracking.on_user_deleted,

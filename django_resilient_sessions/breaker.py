@@ -39,7 +39,7 @@ class CircuitBreaker:
 
     @contextmanager
     def probing(self) -> Iterator[None]:
-        """Inside the block, this thread's calls go through (the probe's own work)."""
+        """Inside the block, this thread's calls go through (recovery work)."""
         self._probe.active = True
         try:
             yield
@@ -48,7 +48,7 @@ class CircuitBreaker:
 
     def allow(self) -> bool | None:
         """``True`` to go ahead, ``None`` to go ahead as the probe, ``False`` to skip."""
-        if self.state == CLOSED or getattr(self._probe, "active", False):
+        if self.state == CLOSED or self.in_probe():
             return True
         with self._lock:
             now = time.monotonic()
@@ -59,6 +59,19 @@ class CircuitBreaker:
                 self._retry_at = now + conf.BREAKER_COOLDOWN
                 return None
             return self.state == CLOSED
+
+    def in_probe(self) -> bool:
+        """Is this thread doing recovery work (inside :meth:`probing`)?"""
+        return bool(getattr(self._probe, "active", False))
+
+    def hold(self) -> None:
+        """Stay open for another cool-down: the cache answers but may not be trusted yet."""
+        with self._lock:
+            if self.state == CLOSED:
+                self.opened_at = time.monotonic()
+                self.trips += 1
+            self.state = OPEN
+            self._retry_at = time.monotonic() + conf.BREAKER_COOLDOWN
 
     def succeeded(self) -> float | None:
         """Record a success; returns the outage's length when this closed the breaker."""

@@ -1,35 +1,47 @@
-"""The cache copy of a session, in Redis through django-redis.
+"""The Redis copy of a session.
 
-Entries are keyed by the SHA-256 of the session key, so a dump of Redis holds
-no usable key.  Each operation is one Redis command on the primary (``SET`` with
-``NX``/``XX`` instead of a ``GET`` then a ``SET``), goes through the alias's
-circuit breaker, and turns every Redis failure into :class:`CacheUnavailable`.
-Values go through django-redis's own serializer and compressor.
+Each session has one Redis key, ``<prefix><sha256 of the session key>``: no
+usable session key is ever stored.  The key holds the session's entry or, once
+the session has ended, its *tombstone* (a marker that lives as long as a backup
+can), so a session is always one key: every command is single-key, atomic and
+safe on Redis Cluster, with no hash tags and no cross-slot scripts.
+
+The healthy path is one command per operation: ``GET`` to read (a miss and a
+tombstone included), ``SET NX`` to create, and a small script to update
+(``SET`` that refuses to overwrite a tombstone).  A write-back is a script that
+refuses on a tombstone and replaces only the very copy that was read.  A
+deletion is a single ``SET`` of the tombstone over the entry.
+
+Every call goes through the alias's circuit breaker and turns any Redis
+failure into :class:`CacheUnavailable`.  This module knows nothing of the
+ledger: what must happen before the breaker closes again is a *gate* installed
+by the app (:func:`set_gate`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.core.cache import caches
-from django.db import DatabaseError
+from django.utils.module_loading import import_string
 from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from . import health, signals
-from .breaker import CLOSED, HALF_OPEN, get_breaker
+from .breaker import CLOSED, get_breaker
 from .conf import conf
 from .exceptions import CacheUnavailable
+from .redisclient import RedisAccess
+from .trust import Cache
 
-__all__ = ["Entry", "SessionCache", "hash_key"]
+__all__ = ["CacheRead", "Entry", "SessionCache", "hash_key", "set_gate"]
 
 logger = logging.getLogger("django_resilient_sessions")
 T = TypeVar("T")
@@ -39,51 +51,105 @@ T = TypeVar("T")
 # errors that escaped redis-py, and django-redis's wrapper of them.
 CACHE_ERRORS = (RedisError, ConnectionInterrupted, OSError)
 
+#: What a tombstone holds (an entry always starts with its format byte, 2).
+TOMBSTONE = b"\x00ended"
+
+# An update.  KEYS: entry.  ARGV: value, TTL in ms, tombstone.  Like SET XX
+# (0 when the copy is gone), but a tombstone is never overwritten (-1).
+UPDATE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if current == ARGV[3] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# A write-back.  KEYS: entry.  ARGV: value, TTL in ms, SHA-1 of the value that
+# was read ("" if none), tombstone.  Refuses when the session ended (0); leaves
+# alone a copy other than the one that was read, and returns it (2).
+WRITE_BACK = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[4] then return {0} end
+if current and (ARGV[3] == '' or redis.sha1hex(current) ~= ARGV[3]) then
+  return {2, current}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1}
+"""
+
+WRITTEN, ENDED, KEPT = 1, 0, 2
+
 
 def hash_key(session_key: str) -> str:
     """The name a session goes by in Redis and in the database."""
     return hashlib.sha256(session_key.encode()).hexdigest()
 
 
+_HEADER = struct.Struct(">BQ12s")
+_FORMAT = 2
+
+
 @dataclass
 class Entry:
-    """A session's cache copy: data plus what the engine needs beside it."""
+    """A session's Redis copy: its data, version, and the backup saved with it."""
 
     version: int
     data: dict[str, Any]
-    backup_tag: str = ""
+    #: Fingerprint of the backup token saved along with this copy (b"": none).
+    tag: bytes = b""
 
-    def dump(self) -> list[Any]:
-        return [self.version, self.data, self.backup_tag]
+    def dump(self, serializer: Any) -> bytes:
+        payload: bytes = serializer().dumps(self.data)
+        return _HEADER.pack(_FORMAT, self.version, self.tag) + payload
 
     @classmethod
-    def load(cls, value: Any) -> Entry | None:
-        if (
-            isinstance(value, (list, tuple))
-            and len(value) == 3
-            and isinstance(value[0], int)
-            and isinstance(value[1], dict)
-        ):
-            return cls(value[0], value[1], str(value[2]))
-        return None
+    def load(cls, raw: bytes, serializer: Any) -> Entry | None:
+        if len(raw) < _HEADER.size or raw[0] != _FORMAT:
+            return None
+        _, version, tag = _HEADER.unpack_from(raw)
+        try:
+            data = serializer().loads(raw[_HEADER.size :])
+        # Whatever the serializer raises on bytes it did not write (a value
+        # under our prefix written by something else): not a session.
+        except Exception:
+            return None
+        return cls(version, data, tag) if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class CacheRead:
+    """What a read found: the :class:`~.trust.Cache` state and the copy, if any."""
+
+    state: Cache
+    entry: Entry | None = None
+    #: SHA-1 of the raw value read ("" if none), so a write-back replaces only it.
+    sha: str = ""
+
+
+_gate: Callable[[SessionCache], bool] | None = None
+
+
+def set_gate(gate: Callable[[SessionCache], bool] | None) -> None:
+    """Install what a probe must pass before the breaker closes (see :mod:`.purges`)."""
+    global _gate
+    _gate = gate
 
 
 class SessionCache:
     """The session alias of ``CACHES``, seen as a store of :class:`Entry`."""
 
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self.backend: Any = caches[alias]
-        self.breaker = get_breaker(alias)
+    def __init__(self, alias: str | None = None, serializer: Any = None) -> None:
+        self.alias = alias or settings.SESSION_CACHE_ALIAS
+        self.redis = RedisAccess(self.alias)
+        self.breaker = get_breaker(self.alias)
+        self.serializer = serializer or import_string(settings.SESSION_SERIALIZER)
 
-    def _key(self, key_hash: str) -> Any:
-        return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + key_hash)
+    def entry_key(self, key_hash: str) -> str:
+        return self.redis.key(conf.CACHE_KEY_PREFIX + key_hash)
 
-    def _tomb(self, key_hash: str) -> Any:
-        return self.backend.client.make_key(conf.CACHE_KEY_PREFIX + "ended:" + key_hash)
+    # Calls through the breaker -------------------------------------------
 
     def _call(self, operation: Callable[[Any], T]) -> T:
-        """Run ``operation`` on the primary, through the breaker."""
         allowed = self.breaker.allow()
         if allowed is None:
             allowed = self._probe()
@@ -91,10 +157,10 @@ class SessionCache:
             health.count("cache_skipped")
             raise CacheUnavailable(self.alias)
         try:
-            return operation(self.backend.client.get_client(write=True))
+            return operation(self.redis.client())
         except CACHE_ERRORS as error:
             self._failed(error)
-            raise CacheUnavailable(self.alias) from error
+            raise CacheUnavailable(self.alias, attempted=True) from error
 
     def _failed(self, error: BaseException) -> None:
         health.count("cache_errors")
@@ -102,109 +168,128 @@ class SessionCache:
             _send(signals.cache_lost, alias=self.alias, error=error)
 
     def _probe(self) -> bool:
-        """Is the cache back?  Then finish the purges queued during the outage.
+        """Is the cache back, and may it be trusted again?
 
-        The ``PING`` waits at most ``BREAKER_PROBE_TIMEOUT``, so a hung Redis
-        costs the probing request that long, not a socket timeout.  The breaker
-        closes only once the queued deletions are done: no session ended
-        during the outage is served from the cache.
+        The ``PING`` waits at most ``BREAKER_PROBE_TIMEOUT`` on a connection of
+        its own, so a hung Redis costs the probing request that long, not a
+        socket timeout.  Then the installed gate decides (deletions queued
+        during the outage must be done first); until it agrees, the breaker
+        stays open.
         """
-        from . import tracking  # the ledger sits on top of this module
-
         try:
-            client = self.backend.client.get_client(write=True)
-            _run_quick(client, [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
-            with self.breaker.probing():
-                tracking.purge_pending()
+            _run_quick(self.redis.client(), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
         except CACHE_ERRORS as error:
             self._failed(error)
             return False
-        except DatabaseError:
-            # Redis is back but the queue cannot be read: serve from the cache
-            # (users stay logged in); the periodic check purges later.
-            logger.exception("Could not read the pending cache purges.")
-        if self.breaker.state != HALF_OPEN:
-            return False  # a purge failed: the breaker is open again
+        if _gate is not None and not _gate(self):
+            self.breaker.hold()
+            return False
+        self.recovered()
+        return True
+
+    def recovered(self) -> None:
+        """Close the breaker (if open) and say so."""
         downtime = self.breaker.succeeded()
         if downtime is not None:
             _send(signals.cache_recovered, alias=self.alias, downtime=downtime)
-        return True
 
-    def get(self, key_hash: str) -> tuple[Entry | None, bool]:
-        """The cache copy, and whether the session was ended.
+    # Operations ----------------------------------------------------------
 
-        One ``GET``; a miss asks for the tombstone too (a second round trip,
-        on the rare path that may restore a backup).
-        """
-        key = self._key(key_hash)
-        raw = self._call(lambda client: client.get(key))
+    def read(self, key_hash: str) -> CacheRead:
+        """The Redis copy, a tombstone or nothing: one ``GET``."""
+        raw = self._call(lambda client: client.get(self.entry_key(key_hash)))
+        return self._decode(key_hash, raw)
+
+    def _decode(self, key_hash: str, raw: bytes | None) -> CacheRead:
         if raw is None:
             health.count("cache_misses")
-            return None, bool(self._call(lambda client: client.exists(self._tomb(key_hash))))
-        try:
-            entry = Entry.load(self.backend.client.decode(raw))
-        # A value this engine did not write (another serializer, a foreign
-        # key under our prefix) cannot be a session: treat it as a miss.
-        except Exception:
+            return CacheRead(Cache.ABSENT)
+        if raw == TOMBSTONE:
+            return CacheRead(Cache.TOMBSTONED)
+        entry = Entry.load(raw, self.serializer)
+        sha = hashlib.sha1(raw).hexdigest()
+        if entry is None:
+            # Not written by this engine (another format, an older release):
+            # a miss, but one a write-back may replace (it knows the SHA-1).
             logger.warning("Unreadable session cache entry %s treated as missing.", key_hash[:12])
-            entry = None
-        health.count("cache_hits" if entry is not None else "cache_misses")
-        return entry, False
+            health.count("cache_misses")
+            return CacheRead(Cache.ABSENT, sha=sha)
+        health.count("cache_hits")
+        return CacheRead(Cache.PRESENT, entry, sha)
 
-    def put(
-        self, key_hash: str, entry: Entry, ttl: int, *, nx: bool = False, xx: bool = False
-    ) -> bool:
-        """Write ``entry``; ``False`` when ``nx``/``xx`` stopped the write."""
-        if ttl <= 0:
-            self.delete([key_hash], tombstone=False)
-            return True
-        value = self.backend.client.encode(entry.dump())
-        key = self._key(key_hash)
-        return bool(self._call(lambda client: client.set(key, value, px=ttl * 1000, nx=nx, xx=xx)))
+    def create(self, key_hash: str, entry: Entry, ttl: int) -> bool:
+        """``SET NX``: ``False`` if the key is taken."""
+        value = entry.dump(self.serializer)
+        key = self.entry_key(key_hash)
+        return bool(self._call(lambda client: client.set(key, value, px=_ms(ttl), nx=True)))
+
+    def update(self, key_hash: str, entry: Entry, ttl: int) -> bool | None:
+        """Replace the copy: ``False`` if it is gone, ``None`` if the session ended."""
+        value = entry.dump(self.serializer)
+        key = self.entry_key(key_hash)
+        args = (value, _ms(ttl), TOMBSTONE)
+        done = int(self._call(lambda client: client.eval(UPDATE, 1, key, *args)))
+        return None if done < 0 else bool(done)
+
+    def write_back(self, key_hash: str, entry: Entry, ttl: int, expected: str) -> CacheRead | None:
+        """Put ``entry`` back, atomically refusing when the session ended.
+
+        ``expected`` is the SHA-1 of the copy that was read ("" for none): a
+        copy written since is left alone.  Returns ``None`` when written,
+        ``TOMBSTONED`` when refused, or the copy that was kept (``ABSENT`` if
+        it is unreadable).
+        """
+        key = self.entry_key(key_hash)
+        args = (entry.dump(self.serializer), _ms(ttl), expected, TOMBSTONE)
+        reply = self._call(lambda client: client.eval(WRITE_BACK, 1, key, *args))
+        if reply[0] == WRITTEN:
+            return None
+        if reply[0] == ENDED:
+            return CacheRead(Cache.TOMBSTONED)
+        return self._decode(key_hash, reply[1])
+
+    def drop(self, key_hash: str) -> None:
+        """``DEL`` the entry, no tombstone (a session saved already expired)."""
+        self._call(lambda client: client.delete(self.entry_key(key_hash)))
 
     def exists(self, key_hash: str) -> bool:
-        return bool(self._call(lambda client: client.exists(self._key(key_hash))))
+        return self.read(key_hash).state is Cache.PRESENT
 
-    def recreate(self, key_hash: str, entry: Entry, ttl: int) -> bool | None:
-        """Put back a copy that may have been lost: ``None`` if the session was ended.
+    def delete(self, key_hashes: Iterable[str], ttl: int | None = None) -> None:
+        """End these sessions in Redis: each key's entry becomes its tombstone.
 
-        ``False`` when a copy is there (it is left alone), ``True`` when written.
-        """
-        if self._call(lambda client: client.exists(self._tomb(key_hash))):
-            return None
-        return self.put(key_hash, entry, ttl, nx=True)
-
-    def delete(self, key_hashes: Iterable[str], *, tombstone: bool = True) -> int:
-        """Delete cache copies, leaving a tombstone so no backup brings them back.
-
-        One round trip (a pipeline).  The tombstone lives as long as a backup
-        can (``SESSION_COOKIE_AGE``).  Tried even with the breaker open.
+        One ``SET`` per session (atomic by itself), one round trip for the
+        batch.  The tombstone lives as long as a backup can (``ttl``, at least
+        ``SESSION_COOKIE_AGE``).  Tried even with the breaker open: a deletion
+        that fails leaves an ended session in the cache for other processes, so
+        it is worth one bounded attempt (on a connection of its own that waits
+        no longer than the probe does).
         """
         hashes = list(key_hashes)
         if not hashes:
-            return 0
-
-        commands: list[tuple[Any, ...]] = [("DEL", *[self._key(h) for h in hashes])]
-        if tombstone:
-            ttl = max(settings.SESSION_COOKIE_AGE, 1)
-            commands += [("SET", self._tomb(h), b"1", "EX", ttl) for h in hashes]
-        if self.breaker.state == CLOSED:
-            return int(self._call(lambda client: _pipeline(client, commands))[0])
-        # Breaker open: try anyway, since a deletion that fails leaves an ended
-        # session in the cache for other processes, but on a connection of its
-        # own that waits no longer than the probe does.
+            return
+        seconds = max(settings.SESSION_COOKIE_AGE, ttl or 0, 1)
+        commands = [("SET", self.entry_key(h), TOMBSTONE, "EX", seconds) for h in hashes]
+        if self.breaker.state == CLOSED or self.breaker.in_probe():
+            self._call(lambda client: _pipeline(client, commands))
+            return
         try:
-            client = self.backend.client.get_client(write=True)
-            return int(_run_quick(client, commands, conf.BREAKER_PROBE_TIMEOUT)[0])
+            _run_quick(self.redis.client(), commands, conf.BREAKER_PROBE_TIMEOUT)
         except CACHE_ERRORS as error:
             self._failed(error)
-            raise CacheUnavailable(self.alias) from error
+            raise CacheUnavailable(self.alias, attempted=True) from error
 
     def ping_ms(self) -> float:
         """Round-trip time of a PING in milliseconds (for health reports)."""
+        import time
+
         start = time.perf_counter()
         self._call(lambda client: client.ping())
         return (time.perf_counter() - start) * 1000
+
+
+def _ms(ttl: int) -> int:
+    return max(ttl, 1) * 1000
 
 
 def _pipeline(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:

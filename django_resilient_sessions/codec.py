@@ -3,7 +3,15 @@
 Layout of the token before base64url (no padding)::
 
     format (1 byte) | nonce (12 bytes) | AES-256-GCM(plaintext) + tag (16 bytes)
-    plaintext = version (u64) | expires_at (u64, unix seconds) | flags (u8) | payload
+    plaintext = version (u64) | base (u64) | expires_at (u64, unix seconds) | flags (u8)
+                | parent (12 bytes) | payload
+
+``base`` and ``parent`` are the lineage: ``base`` is the version of the Redis
+copy this backup descends from (0: the session was never stored in Redis),
+``parent`` the fingerprint of the copy it was made from (a Redis copy's, or
+the previous backup's), so a Redis copy written back from that very parent is
+recognised as an ancestor.  Format 1 (no lineage) is still read, as a backup
+that descends from its own version.
 
 The payload is the session dict through ``SESSION_SERIALIZER``, zlib-compressed
 when that makes it shorter.  The encryption key is derived from ``SECRET_KEY``
@@ -38,11 +46,12 @@ from django.utils.encoding import force_bytes
 
 __all__ = ["Backup", "open_token", "seal"]
 
-FORMAT = 1
+FORMAT = 2
 PURPOSE = b"django_resilient_sessions.backup"
 NONCE_BYTES = 12
 TAG_BYTES = 16
-HEADER = struct.Struct(">QQB")
+HEADER = struct.Struct(">QQQB12s")
+HEADER_V1 = struct.Struct(">QQB")
 FLAG_COMPRESSED = 1
 FLAG_PARTIAL = 2
 # Nothing we write is ever larger than this once decompressed (see cookies.py).
@@ -60,6 +69,10 @@ class Backup:
     expires_at: int
     data: dict[str, Any] = field(default_factory=dict)
     partial: bool = False
+    #: The version of the Redis copy this backup descends from (0: none).
+    base: int = 0
+    #: Fingerprint of the copy this backup was made from (see :func:`token_tag`).
+    parent: bytes = bytes(12)
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,8 +89,8 @@ def _session_cipher(secret: str, session_key: str) -> AESGCM:
     return AESGCM(expand.derive(_master_key(secret)))
 
 
-def _aad(session_key: str) -> bytes:
-    return PURPOSE + bytes((FORMAT,)) + force_bytes(session_key)
+def _aad(session_key: str, form: int = FORMAT) -> bytes:
+    return PURPOSE + bytes((form,)) + force_bytes(session_key)
 
 
 def _secrets() -> list[str]:
@@ -94,16 +107,17 @@ def seal(backup: Backup, session_key: str, serializer: Any) -> str:
         packed = zlib.compress(payload, 1)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED
-    plaintext = HEADER.pack(backup.version, backup.expires_at, flags) + payload
+    header = HEADER.pack(backup.version, backup.base, backup.expires_at, flags, backup.parent)
+    plaintext = header + payload
     nonce = os.urandom(NONCE_BYTES)
     cipher = _session_cipher(settings.SECRET_KEY, session_key)
     sealed = bytes((FORMAT,)) + nonce + cipher.encrypt(nonce, plaintext, _aad(session_key))
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
 
-def token_tag(token: str) -> str:
+def token_tag(token: str) -> bytes:
     """A fingerprint of a token, to recognise the one a cache copy was saved with."""
-    return hashlib.blake2b(token.encode(), digest_size=12).hexdigest()
+    return hashlib.blake2b(token.encode(), digest_size=12).digest()
 
 
 def _reject(reason: str) -> None:
@@ -126,18 +140,27 @@ def open_token(token: str, session_key: str, serializer: Any, max_chars: int) ->
     if not raw or base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode("ascii", "replace"):
         _reject("not base64url")
         return None
-    if len(raw) < 1 + NONCE_BYTES + TAG_BYTES + HEADER.size:
+    if len(raw) < 1 + NONCE_BYTES + TAG_BYTES + HEADER_V1.size:
         _reject("truncated")
         return None
-    if raw[0] != FORMAT:
-        _reject(f"unknown format {raw[0]}")
+    form = raw[0]
+    if form not in (1, FORMAT):
+        _reject(f"unknown format {form}")
         return None
-    plaintext = _decrypt(raw[1 : 1 + NONCE_BYTES], raw[1 + NONCE_BYTES :], session_key)
+    plaintext = _decrypt(raw[1 : 1 + NONCE_BYTES], raw[1 + NONCE_BYTES :], session_key, form)
     if plaintext is None:
         _reject("authentication failed (tampered, truncated, other key or other session)")
         return None
-    version, expires_at, flags = HEADER.unpack_from(plaintext)
-    payload = plaintext[HEADER.size :]
+    parent = bytes(12)
+    if form == 1:
+        version, expires_at, flags = HEADER_V1.unpack_from(plaintext)
+        base, payload = version, plaintext[HEADER_V1.size :]
+    elif len(plaintext) < HEADER.size:
+        _reject("truncated")
+        return None
+    else:
+        version, base, expires_at, flags, parent = HEADER.unpack_from(plaintext)
+        payload = plaintext[HEADER.size :]
     if flags & FLAG_COMPRESSED:
         inflated = _inflate(payload)
         if inflated is None:
@@ -156,13 +179,14 @@ def open_token(token: str, session_key: str, serializer: Any, max_chars: int) ->
         return None
     if expires_at <= time.time():
         return None
-    return Backup(version, expires_at, data, bool(flags & FLAG_PARTIAL))
+    return Backup(version, expires_at, data, bool(flags & FLAG_PARTIAL), base, parent)
 
 
-def _decrypt(nonce: bytes, sealed: bytes, session_key: str) -> bytes | None:
+def _decrypt(nonce: bytes, sealed: bytes, session_key: str, form: int) -> bytes | None:
+    aad = _aad(session_key, form)
     for secret in _secrets():
         try:
-            return _session_cipher(secret, session_key).decrypt(nonce, sealed, _aad(session_key))
+            return _session_cipher(secret, session_key).decrypt(nonce, sealed, aad)
         except InvalidTag:
             continue
     return None

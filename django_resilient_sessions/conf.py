@@ -58,7 +58,15 @@ DEFAULTS: dict[str, Any] = {
 
 LOGIN_AT_KEY = "_resilient_login_at"
 SEEN_AT_KEY = "_resilient_seen_at"
-AUTH_KEYS = ("_auth_user_id", "_auth_user_backend", "_auth_user_hash", LOGIN_AT_KEY, SEEN_AT_KEY)
+ROW_EXPIRY_KEY = "_resilient_row_expiry"
+AUTH_KEYS = (
+    "_auth_user_id",
+    "_auth_user_backend",
+    "_auth_user_hash",
+    LOGIN_AT_KEY,
+    SEEN_AT_KEY,
+    ROW_EXPIRY_KEY,
+)
 """The part of a session that makes it a login: Django's auth keys and ours."""
 
 

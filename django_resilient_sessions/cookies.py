@@ -10,6 +10,7 @@ no backup and the old one is deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping
@@ -105,7 +106,7 @@ def seal_within_budget(backup: codec.Backup, session_key: str, serializer: Any) 
     essential = set(conf.ESSENTIAL_KEYS)
     kept = {k: v for k, v in backup.data.items() if k in essential}
     dropped = sorted(k for k in backup.data if k not in essential)
-    reduced = codec.Backup(backup.version, backup.expires_at, kept, partial=True)
+    reduced = dataclasses.replace(backup, data=kept, partial=True)
     token = _try_seal(reduced, session_key, serializer, budget)
     if token is None:
         logger.warning(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["CacheUnavailable", "ResilientSessionsError", "SessionLimitExceeded"]
+__all__ = [
+    "CacheUnavailable",
+    "LedgerUnavailable",
+    "ResilientSessionsError",
+    "SessionLimitExceeded",
+]
 
 
 class ResilientSessionsError(Exception):
@@ -10,7 +15,26 @@ class ResilientSessionsError(Exception):
 
 
 class CacheUnavailable(ResilientSessionsError):
-    """The session cache failed, or its circuit breaker is open (internal)."""
+    """The session cache failed, or its circuit breaker is open (internal).
+
+    ``attempted`` is true when the command was sent: it may have been applied
+    (a reply lost to a timeout, a hung server resuming), so a write's outcome
+    is unknown.
+    """
+
+    def __init__(self, alias: str, *, attempted: bool = False) -> None:
+        super().__init__(alias)
+        self.alias = alias
+        self.attempted = attempted
+
+
+class LedgerUnavailable(ResilientSessionsError):
+    """The ``UserSession`` ledger could not record a login, logout or revocation.
+
+    Nothing was changed: the user is still logged in (or still logged out).
+    ``SessionMiddleware`` answers it with HTTP 503 and a message; code that
+    revokes sessions outside a request sees it raised.
+    """
 
 
 class SessionLimitExceeded(ResilientSessionsError):

@@ -1,73 +1,49 @@
-"""A login's life: started, seen, limited, timed out.
+"""A login's life in the session data: stamps, renewals, timeouts.
 
-The engine calls these around its own loads and saves.  Two stamps in the
-session data, ``_resilient_login_at`` and ``_resilient_seen_at``, make the
-server-side timeouts work the same from Redis and from a backup, without a
-query; the database is written at login and once per
-``ACTIVITY_UPDATE_INTERVAL`` at most.
+Three stamps in the session data make the server-side timeouts and the
+ledger's bookkeeping work the same from Redis and from a backup, without a
+query: ``_resilient_login_at`` (login time), ``_resilient_seen_at`` (last
+activity recorded in the ledger) and ``_resilient_row_expiry`` (the expiry the
+ledger row holds).  The ledger is written at login and when a renewal is due:
+once per ``ACTIVITY_UPDATE_INTERVAL``, or as soon as the session's expiry would
+run ahead of its row's by more than that (``set_expiry()``).
 """
 
 from __future__ import annotations
 
-import logging
-from datetime import datetime, timezone
 from typing import Any
 
 from django.contrib.auth import SESSION_KEY
 from django.contrib.auth.models import AnonymousUser
-from django.db import DatabaseError
 
-from . import tracking
-from .conf import AUTH_KEYS, LOGIN_AT_KEY, SEEN_AT_KEY, conf
-from .exceptions import SessionLimitExceeded
-from .models import EndReason, UserSession
+from .conf import AUTH_KEYS, LOGIN_AT_KEY, ROW_EXPIRY_KEY, SEEN_AT_KEY, conf
+from .exceptions import LedgerUnavailable, SessionLimitExceeded
+from .models import EndReason
 
-__all__ = ["due", "on_user_logged_in", "record", "renewal_due", "timed_out"]
-
-logger = logging.getLogger("django_resilient_sessions")
+__all__ = ["on_user_logged_in", "renewal_due", "stamp", "strip_login", "timed_out"]
 
 
-def due(data: dict[str, Any], known_user: str | None, now: float) -> bool:
-    """Does saving ``data`` have to write to the ledger?"""
-    user = data.get(SESSION_KEY)
-    if user != known_user:
+def renewal_due(data: dict[str, Any], now: float, expires_at: float | None = None) -> bool:
+    """Must the ledger row of the login in ``data`` be refreshed?"""
+    if SESSION_KEY not in data:
+        return False
+    interval = conf.ACTIVITY_UPDATE_INTERVAL
+    if now - data.get(SEEN_AT_KEY, 0) >= interval:
         return True
-    return user is not None and renewal_due(data, now)
+    return expires_at is not None and expires_at - data.get(ROW_EXPIRY_KEY, 0) > interval
 
 
-def renewal_due(data: dict[str, Any], now: float) -> bool:
-    """Is a login's last recorded activity older than the interval?"""
-    return SESSION_KEY in data and now - data.get(SEEN_AT_KEY, 0) >= conf.ACTIVITY_UPDATE_INTERVAL
-
-
-def record(
-    data: dict[str, Any],
-    key_hash: str,
-    known_user: str | None,
-    expires_at: int,
-    client: Any,
-    now: float,
-) -> None:
-    """Write a login, a change of user, or activity; stamp ``data`` to match."""
-    user = data.get(SESSION_KEY)
-    expires = datetime.fromtimestamp(expires_at, tz=timezone.utc)
-    if user is not None:
-        data[SEEN_AT_KEY] = int(now)
-    try:
-        if user == known_user:
-            tracking.touch(key_hash, expires)
-            return
-        if known_user is not None:
-            tracking.end([key_hash], str(EndReason.REPLACED))
-        if user is None:
-            return
+def stamp(data: dict[str, Any], now: float, expires_at: float, *, login: bool = False) -> None:
+    """Record in ``data`` what the ledger row now says."""
+    if login:
         data[LOGIN_AT_KEY] = int(now)
-        if not tracking.start(key_hash, user, expires, client.ip, client.user_agent):
-            logger.warning("Login refused: the user is at MAX_SESSIONS_PER_USER.")
-            for key in AUTH_KEYS:
-                data.pop(key, None)
-    except DatabaseError:
-        logger.exception("Could not record session activity; the session goes on.")
+    data[SEEN_AT_KEY] = int(now)
+    data[ROW_EXPIRY_KEY] = int(expires_at)
+
+
+def strip_login(data: dict[str, Any]) -> dict[str, Any]:
+    """Take the login out of ``data``; returns what was taken."""
+    return {key: data.pop(key) for key in AUTH_KEYS if key in data}
 
 
 def timed_out(data: dict[str, Any], now: float) -> str | None:
@@ -83,23 +59,19 @@ def timed_out(data: dict[str, Any], now: float) -> str | None:
 
 
 def on_user_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
-    """Under the "refuse" policy, stop a login past the limit inside ``login()``.
+    """Record the login in the ledger inside ``django.contrib.auth.login()``.
 
-    The session is flushed and :class:`SessionLimitExceeded` propagates out of
-    ``django.contrib.auth.login()``, for the login view to show as a message.
-    (Concurrent logins that pass this check together are still held to the
-    limit when their rows are written, under a lock on the user's row.)
+    A login that cannot be recorded is not a login: the engine takes it back
+    out of the session and raises ``LedgerUnavailable`` (or
+    ``SessionLimitExceeded`` under the ``refuse`` policy), which
+    ``SessionMiddleware`` turns into a 503 (or 403) page.
     """
-    limit = conf.MAX_SESSIONS_PER_USER
-    session = getattr(request, "session", None)
-    if not limit or conf.SESSION_LIMIT_POLICY != "refuse" or session is None:
+    record = getattr(getattr(request, "session", None), "record_login", None)
+    if record is None:
         return
-    current = getattr(session, "key_hash", "")
-    others = UserSession.objects.active().filter(user=user).exclude(key_hash=current).count()
-    if others >= limit:
-        session.flush()
-        request.user = AnonymousUser()
-        raise SessionLimitExceeded(
-            f"This account already has {others} active sessions, the most allowed. "
-            "Sign out on another device first."
-        )
+    try:
+        record()
+    except (LedgerUnavailable, SessionLimitExceeded):
+        if hasattr(request, "user"):
+            request.user = AnonymousUser()
+        raise

@@ -1,10 +1,15 @@
-"""``SessionMiddleware``: Django's, plus the backup cookie(s).
+"""``SessionMiddleware``: Django's, plus the backup cookie(s) and visible ledger failures.
 
 Use it in place of ``django.contrib.sessions.middleware.SessionMiddleware``.
-It hands the store the request's backup cookie and client details, and on the
-response sets the backup cookie(s) exactly when the session cookie is set, with
-the same lifetime and flags (always ``HttpOnly``: no script needs a backup), or
-deletes them when the session is emptied or the backup was refused.
+It hands the store the request's backup cookie and the cleaned client details,
+and on the response sets the backup cookie(s) exactly when the session cookie
+is set, with the same lifetime and flags (always ``HttpOnly``: no script needs
+a backup), or deletes them when the session is emptied or the backup refused.
+
+A login, logout or revocation the ledger cannot record is answered with HTTP
+503 and a page saying that nothing changed (``LedgerUnavailable``); a login past
+``MAX_SESSIONS_PER_USER`` under the ``refuse`` policy with HTTP 403
+(``SessionLimitExceeded``), in any login view, the admin's included.
 """
 
 from __future__ import annotations
@@ -16,22 +21,50 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
 from django.utils.http import http_date
+from django.utils.translation import gettext as _
 
-from . import cookies
-from .backends.resilient import ClientInfo
+from . import client, cookies
 from .backends.resilient import SessionStore as ResilientStore
-from .conf import conf
+from .exceptions import LedgerUnavailable, SessionLimitExceeded
 
 __all__ = ["SessionMiddleware"]
 
+#: Set on a request whose failure this middleware answered: its session is still saved.
+ANSWERED = "_resilient_sessions_answered"
 
-def client_info(request: HttpRequest) -> ClientInfo:
-    resolver = conf.IP_RESOLVER
-    ip = resolver(request) if resolver else request.META.get("REMOTE_ADDR")
-    return ClientInfo(ip or None, request.META.get("HTTP_USER_AGENT", "")[:300])
+
+def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
+    """The page (or JSON) for a ledger failure (503) or a refused login (403)."""
+    if isinstance(error, SessionLimitExceeded):
+        status, code = 403, "session_limit"
+        title = _("Too many active sessions")
+        message = _(
+            "This account already has the most active sessions allowed. "
+            "Sign out on another device, then sign in again."
+        )
+    else:
+        status, code = 503, "ledger_unavailable"
+        title = _("Please try again in a moment")
+        message = _(
+            "Your sign-in or sign-out could not be recorded just now, so nothing was "
+            "changed. Please try again in a moment."
+        )
+    accept = request.headers.get("Accept", "")
+    if accept.startswith("application/json") or request.GET.get("format") == "json":
+        response: HttpResponse = JsonResponse(
+            {"ok": False, "error": code, "message": message}, status=status
+        )
+    else:
+        context = {"title": title, "message": message}
+        page = render_to_string("django_resilient_sessions/unavailable.html", context, request)
+        response = HttpResponse(page, status=status)
+    if status == 503:
+        response["Retry-After"] = "5"
+    return response
 
 
 class SessionMiddleware(DjangoSessionMiddleware):
@@ -39,11 +72,19 @@ class SessionMiddleware(DjangoSessionMiddleware):
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         if issubclass(self.SessionStore, ResilientStore):
             request.session = self.SessionStore(
-                session_key, backup=cookies.read_token(request.COOKIES), client=client_info(request)
+                session_key,
+                backup=cookies.read_token(request.COOKIES),
+                client=client.from_request(request),
             )
         else:
             # SESSION_ENGINE is not ours (a system check says so): behave as Django.
             request.session = self.SessionStore(session_key)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, (LedgerUnavailable, SessionLimitExceeded)):
+            setattr(request, ANSWERED, True)
+            return refusal(request, exception)
+        return None
 
     def process_response(  # type: ignore[override]  # any response, as Django's does
         self, request: HttpRequest, response: HttpResponseBase
@@ -58,17 +99,19 @@ class SessionMiddleware(DjangoSessionMiddleware):
         sent = [name for name in cookies.chunk_names() if name in request.COOKIES]
         renew = getattr(session, "needs_backup", False)
         had_cookie = settings.SESSION_COOKIE_NAME in request.COOKIES
+        failed = response.status_code >= 500 and not getattr(request, ANSWERED, False)
         if empty:
             if not getattr(session, "keep_cookie", False):
                 self._delete(response, [settings.SESSION_COOKIE_NAME] * had_cookie + sent)
             need_vary = accessed or had_cookie
-        elif not (modified or renew or settings.SESSION_SAVE_EVERY_REQUEST):
-            need_vary = accessed
-        elif response.status_code >= 500:
-            # Like Django: no save for a failed response.
+        elif not (modified or renew or settings.SESSION_SAVE_EVERY_REQUEST) or failed:
+            # Like Django: nothing to save, or no save for a failed response.
             need_vary = accessed
         else:
-            self._save(request, response, session, sent)
+            try:
+                self._save(request, response, session, sent)
+            except (LedgerUnavailable, SessionLimitExceeded) as error:
+                return refusal(request, error)
             need_vary = True
         if getattr(session, "backup_rejected", False) and getattr(session, "sealed", None) is None:
             self._delete(response, [n for n in sent if n not in response.cookies])
@@ -91,6 +134,8 @@ class SessionMiddleware(DjangoSessionMiddleware):
                 "The request's session was deleted before the request completed. "
                 "The user may have logged out in a concurrent request, for example."
             ) from None
+        if getattr(session, "interrupted", False):
+            return  # a renewal of a session ended meanwhile: nothing to set
         flags: dict[str, Any] = {
             "max_age": max_age,
             "expires": expires,

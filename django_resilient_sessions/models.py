@@ -8,10 +8,11 @@ a login is trusted only while its row is active.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -31,17 +32,31 @@ class EndReason(models.TextChoices):
     REPLACED = "replaced", _("another user logged in")
 
 
+def active_q(now: datetime | None = None) -> Q:
+    """The one definition of an active row: not ended, and not expired past the grace.
+
+    ``expires_at`` is refreshed once per ``ACTIVITY_UPDATE_INTERVAL`` (or as
+    soon as the session's expiry moves further than that), so it may lag the
+    Redis copy's TTL by up to that interval: the grace.  The backup check, the
+    lists, revocation, the session limit and ``clearsessions`` all use this.
+    """
+    now = now or timezone.now()
+    return Q(ended_at__isnull=True, expires_at__gt=now - UserSession.grace())
+
+
 class UserSessionQuerySet(models.QuerySet["UserSession"]):
     def active(self) -> UserSessionQuerySet:
-        """Rows whose session may still be used: not ended, not expired."""
-        active: UserSessionQuerySet = self.filter(
-            ended_at__isnull=True, expires_at__gt=timezone.now()
-        )
+        """Rows whose session may still be used (see :func:`active_q`)."""
+        active: UserSessionQuerySet = self.filter(active_q())
         return active
 
     def revoke(self, reason: str = "revoked") -> int:
-        """End these sessions in the database and in the cache; returns how many."""
-        from . import tracking
+        """End these sessions in the database and in the cache; returns how many.
+
+        Raises :class:`~.exceptions.LedgerUnavailable` when the end could not be
+        recorded (nothing is ended then).
+        """
+        from . import tracking  # the ledger's composition with Redis sits above the models
 
         hashes = list(self.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
         return tracking.end(hashes, reason)
@@ -49,9 +64,12 @@ class UserSessionQuerySet(models.QuerySet["UserSession"]):
 
 class UserSession(models.Model):
     key_hash = models.CharField(_("session key hash"), max_length=64, unique=True)
+    # Not CASCADE: deleting a user ends their sessions (Redis copies included)
+    # and deletes these rows first (tracking.on_user_deleted), so the admin's
+    # "delete user" needs no permission on user sessions.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
-        on_delete=models.CASCADE,
+        on_delete=models.DO_NOTHING,
         related_name="resilient_sessions",
         verbose_name=_("user"),
     )
@@ -67,6 +85,9 @@ class UserSession(models.Model):
     device_type = models.CharField(_("device type"), max_length=10, blank=True)
     browser = models.CharField(_("browser"), max_length=60, blank=True)
     os = models.CharField(_("operating system"), max_length=60, blank=True)
+    # The newest backup version served while Redis could not be used (or at
+    # the last activity update): an older backup of this login is a rollback.
+    backup_version = models.PositiveBigIntegerField(_("backup version"), default=0)
 
     objects = UserSessionQuerySet.as_manager()
 
@@ -80,11 +101,12 @@ class UserSession(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.ended_at is None and self.expires_at > timezone.now()
+        """Same rule as :func:`active_q`."""
+        return self.ended_at is None and self.expires_at > timezone.now() - self.grace()
 
     def revoke(self, reason: str = "revoked") -> bool:
         """End this session in the database and in the cache."""
-        from . import tracking
+        from . import tracking  # see UserSessionQuerySet.revoke
 
         ended = tracking.end([self.key_hash], reason) > 0
         if ended:

@@ -57,7 +57,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def _reset_breakers() -> None:
     """Fresh per-process state: breakers closed, the periodic purge check not yet due."""
     from django_resilient_sessions.breaker import reset_breakers
-    from django_resilient_sessions.tracking import restart_purge_clock
+    from django_resilient_sessions.purges import restart_clock as restart_purge_clock
 
     reset_breakers()
     restart_purge_clock()

@@ -88,6 +88,9 @@ elif _TEST_DB == "postgres":
             "USER": os.environ.get("DRS_TEST_PG_USER", "postgres"),
             "PASSWORD": os.environ.get("DRS_TEST_PG_PASSWORD", ""),
             "NAME": os.environ.get("DRS_TEST_PG_NAME", "test"),
+            # One test database per run: concurrent runs (a matrix, a second checkout)
+            # never drop each other's.
+            "TEST": {"NAME": f"test_drs_{os.getpid()}"},
         },
     }
 else:

@@ -19,10 +19,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser, Permission
-from django.core.cache import caches
 from django.http import HttpResponse
 from django.test import Client, override_settings
 from django.utils import timezone
@@ -30,6 +28,7 @@ from django.utils import timezone
 from django_resilient_sessions.cachecopy import hash_key
 from django_resilient_sessions.models import UserSession
 from tests.redis_server import RedisServer
+from tests.web import has_copy, redis_key_for_hash
 
 pytestmark = pytest.mark.django_db
 
@@ -91,7 +90,7 @@ def devices() -> dict[str, Device]:
     }
     made["bob_pc"].row.revoke()
     UserSession.objects.filter(key_hash=made["carol_phone"].key_hash).update(
-        expires_at=timezone.now() - timedelta(seconds=1)
+        expires_at=timezone.now() - UserSession.grace() - timedelta(seconds=1)
     )
     return made
 
@@ -135,13 +134,12 @@ def action_choices(response: HttpResponse) -> list[str]:
 
 
 def redis_key(key_hash: str) -> str:
-    backend: Any = caches[settings.SESSION_CACHE_ALIAS]
-    return str(backend.client.make_key("resilient_sessions:" + key_hash))
+    return redis_key_for_hash(key_hash)
 
 
 def in_redis(server: RedisServer, key_hash: str) -> bool:
     with server.client() as raw:
-        return bool(raw.exists(redis_key(key_hash)))
+        return has_copy(raw, redis_key(key_hash))
 
 
 # Changelist ---------------------------------------------------------------------------------

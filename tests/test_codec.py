@@ -117,7 +117,7 @@ def test_compression_used_when_it_helps() -> None:
     big_token = _seal(incompressible)
 
     assert len(small_token) < len(big_token) // 4
-    flags = codec.HEADER.unpack_from(_decrypt_plaintext(small_token))[2]
+    flags = codec.HEADER.unpack_from(_decrypt_plaintext(small_token))[3]
     assert flags & codec.FLAG_COMPRESSED
     assert _open(small_token).data == compressible  # type: ignore[union-attr]
 
@@ -127,14 +127,14 @@ def test_compression_skipped_for_small_payloads() -> None:
     data = {"v": "x" * (codec.COMPRESS_ABOVE - len('{"v":""}'))}
     assert len(JSONSerializer().dumps(data)) == codec.COMPRESS_ABOVE
 
-    flags = codec.HEADER.unpack_from(_decrypt_plaintext(_seal(data)))[2]
+    flags = codec.HEADER.unpack_from(_decrypt_plaintext(_seal(data)))[3]
 
     assert not flags & codec.FLAG_COMPRESSED
     assert _open(_seal(data)).data == data  # type: ignore[union-attr]
 
 
 def test_partial_flag_is_inside_the_authenticated_plaintext() -> None:
-    _, _, flags = codec.HEADER.unpack_from(_decrypt_plaintext(_seal({"a": 1}, partial=True)))
+    _, _, _, flags, _ = codec.HEADER.unpack_from(_decrypt_plaintext(_seal({"a": 1}, partial=True)))
 
     assert flags & codec.FLAG_PARTIAL
 
@@ -331,8 +331,8 @@ def test_token_sealed_under_unrelated_key_does_not_open(
 # Hostile tokens built with the real key ---------------------------------------------------
 
 
-def _plaintext(payload: bytes, flags: int = 0, version: int = 1) -> bytes:
-    return codec.HEADER.pack(version, _future(), flags) + payload
+def _plaintext(payload: bytes, flags: int = 0, version: int = 1, base: int = 0) -> bytes:
+    return codec.HEADER.pack(version, base, _future(), flags, bytes(12)) + payload
 
 
 def test_decompression_bomb_is_refused(caplog: pytest.LogCaptureFixture) -> None:
@@ -379,7 +379,7 @@ def test_truncated_zlib_stream_is_refused() -> None:
     assert _open(token) is None
 
 
-@pytest.mark.parametrize("fmt", [0, 2, 255])
+@pytest.mark.parametrize("fmt", [0, 3, 255])
 def test_unknown_format_byte_is_refused(fmt: int, caplog: pytest.LogCaptureFixture) -> None:
     token = _raw_token(_plaintext(b'{"a":1}'), fmt=fmt)
 
@@ -397,6 +397,22 @@ def test_authentic_payload_that_is_not_a_json_mapping_is_refused(
     with caplog.at_level(logging.WARNING, logger=SECURITY_LOGGER):
         assert _open(_raw_token(_plaintext(payload))) is None
     assert _security_records(caplog)
+
+
+def test_format_1_tokens_still_open_as_their_own_base() -> None:
+    """Backups written before the lineage field (format 1) still restore sessions."""
+    plaintext = codec.HEADER_V1.pack(7, _future(), 0) + b'{"a":1}'
+    opened = _open(_raw_token(plaintext, fmt=1))
+
+    assert opened is not None
+    assert (opened.version, opened.base, opened.data) == (7, 7, {"a": 1})
+
+
+def test_lineage_is_sealed_inside_the_token() -> None:
+    token = codec.seal(codec.Backup(5, _future(), {"a": 1}, base=3), KEY, JSONSerializer)
+    opened = _open(token)
+
+    assert opened is not None and (opened.version, opened.base) == (5, 3)
 
 
 def test_handcrafted_plaintext_matches_seal_layout() -> None:

@@ -33,7 +33,6 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import caches
 from django.core.management import call_command, load_command_class
 from django.core.management.base import CommandError
 from django.test import Client, override_settings
@@ -43,6 +42,7 @@ from django_resilient_sessions.cachecopy import SessionCache, hash_key
 from django_resilient_sessions.exceptions import CacheUnavailable
 from django_resilient_sessions.models import PendingPurge, UserSession
 from tests.redis_server import RedisServer
+from tests.web import has_copy, redis_key_for_hash
 
 PASSWORD = "correct horse battery staple"
 SESSION_COOKIE = "sessionid"
@@ -96,13 +96,12 @@ def run(*args: Any, **options: Any) -> str:
 
 
 def redis_key(key_hash: str) -> str:
-    backend: Any = caches[settings.SESSION_CACHE_ALIAS]
-    return str(backend.client.make_key("resilient_sessions:" + key_hash))
+    return redis_key_for_hash(key_hash)
 
 
 def in_redis(server: RedisServer, key_hash: str) -> bool:
     with server.client() as raw:
-        return bool(raw.exists(redis_key(key_hash)))
+        return has_copy(raw, redis_key(key_hash))
 
 
 def reasons(*key_hashes: str) -> list[str]:
@@ -129,7 +128,7 @@ def a_mix_of_sessions() -> dict[str, str]:
     assert carol.post("/logout/").status_code == 200
     _, dave = log_in("dave", IPHONE)
     UserSession.objects.filter(key_hash=dave).update(
-        expires_at=timezone.now() - timedelta(seconds=1)
+        expires_at=timezone.now() - UserSession.grace() - timedelta(seconds=1)
     )
     return {"alice_phone": alice_phone, "alice_pc": alice_pc, "bob_pc": bob_pc}
 

@@ -31,6 +31,7 @@ from django_resilient_sessions.backends.resilient import SessionStore
 from django_resilient_sessions.cachecopy import hash_key
 from django_resilient_sessions.models import PendingPurge, UserSession
 from tests.redis_server import RedisServer
+from tests.web import is_tombstone
 
 pytestmark = pytest.mark.django_db
 
@@ -109,12 +110,12 @@ def redis_dump(server: RedisServer) -> dict[bytes, bytes]:
 
 def session_copies(server: RedisServer) -> dict[bytes, bytes]:
     """The session entries in Redis, without the tombstones of ended sessions."""
-    return {k: v for k, v in redis_dump(server).items() if b":ended:" not in k}
+    return {k: v for k, v in redis_dump(server).items() if not is_tombstone(v)}
 
 
 def tombstoned(server: RedisServer) -> set[str]:
     """Key hashes of the sessions Redis remembers as ended."""
-    return {k.decode().rsplit(":", 1)[-1] for k in redis_dump(server) if b":ended:" in k}
+    return {k.decode().rsplit(":", 1)[-1] for k, v in redis_dump(server).items() if is_tombstone(v)}
 
 
 @pytest.fixture

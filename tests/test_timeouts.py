@@ -26,7 +26,6 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import checks
-from django.core.cache import caches
 from django.http import HttpResponse
 from django.test import Client, override_settings
 
@@ -35,6 +34,7 @@ from django_resilient_sessions.cachecopy import hash_key
 from django_resilient_sessions.conf import LOGIN_AT_KEY, SEEN_AT_KEY
 from django_resilient_sessions.models import PendingPurge, UserSession
 from tests.redis_server import RedisServer
+from tests.web import has_copy, redis_key_for_hash
 
 pytestmark = pytest.mark.django_db
 
@@ -134,8 +134,7 @@ def the_row(client: Client) -> UserSession:
 
 
 def redis_key(key_hash: str) -> str:
-    backend: Any = caches[settings.SESSION_CACHE_ALIAS]
-    return str(backend.client.make_key("resilient_sessions:" + key_hash))
+    return redis_key_for_hash(key_hash)
 
 
 def is_deleted(response: HttpResponse, name: str) -> bool:
@@ -180,7 +179,7 @@ def test_timed_out_login_ends(
     assert row.end_reason == reason
     assert row.ended_at is not None
     with redis_server.client() as raw:
-        assert not raw.exists(redis_key(key_hash))
+        assert not has_copy(raw, redis_key(key_hash))
 
     # The same cookies again (a copy kept by the browser): still out.
     _, payload = whoami(captured.client())
@@ -213,6 +212,9 @@ def test_timed_out_login_ends_when_served_from_the_backup(
 
     fault_redis.start()  # back, empty
     time.sleep(COOLDOWN + 0.05)
+    _, payload = whoami(captured.client())  # the probe: the purge is drained after it
+    assert payload == {"user": None, "degraded": True}
+    assert not PendingPurge.objects.exists()
     _, payload = whoami(captured.client())
     assert payload == {"user": None, "degraded": False}
     assert UserSession.objects.get(key_hash=key_hash).end_reason == reason

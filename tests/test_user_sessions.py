@@ -30,7 +30,6 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import caches
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory, override_settings
@@ -44,6 +43,7 @@ from django_resilient_sessions.conf import SEEN_AT_KEY
 from django_resilient_sessions.devices import describe
 from django_resilient_sessions.models import PendingPurge, UserSession
 from tests.redis_server import RedisServer
+from tests.web import has_copy, redis_key_for_hash
 
 pytestmark = pytest.mark.django_db
 
@@ -116,14 +116,12 @@ def whoami(client: Client) -> str | None:
 
 
 def redis_key(key_hash: str) -> str:
-    """The raw Redis key of a session's cache copy (django-redis prefix and version)."""
-    backend: Any = caches[settings.SESSION_CACHE_ALIAS]
-    return str(backend.client.make_key("resilient_sessions:" + key_hash))
+    return redis_key_for_hash(key_hash)
 
 
 def in_redis(server: RedisServer, key_hash: str) -> bool:
     with server.client() as raw:
-        return bool(raw.exists(redis_key(key_hash)))
+        return has_copy(raw, redis_key(key_hash))
 
 
 def row(key_hash: str) -> UserSession:
@@ -304,12 +302,23 @@ def test_activity_is_written_once_per_interval() -> None:
 
 def test_active_excludes_ended_and_expired_rows() -> None:
     make_user()
-    live, ended, expired = (log_in(Client()) for _ in range(3))
+    live, in_grace, ended, expired = (log_in(Client()) for _ in range(4))
     row(ended).revoke()
+    now = timezone.now()
     UserSession.objects.filter(key_hash=expired).update(
-        expires_at=timezone.now() - timedelta(seconds=1)
+        expires_at=now - UserSession.grace() - timedelta(seconds=1)
     )
-    assert set(UserSession.objects.active().values_list("key_hash", flat=True)) == {live}
+    # Just past its expiry, but within the grace the backup check also allows: still
+    # active (the row's expiry is refreshed once per ACTIVITY_UPDATE_INTERVAL).
+    UserSession.objects.filter(key_hash=in_grace).update(expires_at=now - timedelta(seconds=1))
+    active = set(UserSession.objects.active().values_list("key_hash", flat=True))
+    assert active == {live, in_grace}
+    assert [r.is_active for r in (row(live), row(in_grace), row(ended), row(expired))] == [
+        True,
+        True,
+        False,
+        False,
+    ]
     assert not row(expired).is_active
     assert row(expired).ended_at is None  # expired is not ended
 

@@ -20,7 +20,9 @@ __all__ = [
     "captured",
     "cookie",
     "get_values",
+    "has_copy",
     "in_redis",
+    "is_tombstone",
     "key_hash",
     "login",
     "make_user",
@@ -105,9 +107,25 @@ def cache_client() -> Any:
 
 
 def redis_key_for_hash(digest: str) -> str:
-    return str(cache_client().make_key("resilient_sessions:" + digest))
+    """The engine's own name for a session's Redis entry."""
+    from django_resilient_sessions.cachecopy import SessionCache
+
+    return SessionCache().entry_key(digest)
+
+
+def is_tombstone(value: bytes | None) -> bool:
+    """Does this raw Redis value mark an ended session?"""
+    from django_resilient_sessions.cachecopy import TOMBSTONE
+
+    return value == TOMBSTONE
+
+
+def has_copy(raw: Any, redis_key: str) -> bool:
+    """Does Redis hold a live session copy (not a tombstone) under ``redis_key``?"""
+    value = raw.get(redis_key)
+    return value is not None and not is_tombstone(value)
 
 
 def in_redis(server: RedisServer, key: str) -> bool:
     with server.client() as raw:
-        return bool(raw.exists(redis_key_for_hash(key_hash(key))))
+        return has_copy(raw, redis_key_for_hash(key_hash(key)))

@@ -1,16 +1,18 @@
 """The resilient session engine (``SESSION_ENGINE``).
 
-A session lives in Redis (through django-redis) and, after every save, in an
-encrypted backup cookie that :mod:`..middleware` carries.  With the cache
-healthy this engine behaves like ``django.contrib.sessions.backends.cache``.
-When the cache fails, a request is served from its backup; when it answers
-again, a backup newer than the cache copy, or one whose copy was lost, is
-written back.  A backup holding a login is used only while that session's
-``UserSession`` row is active, so ended sessions never come back.
+A session lives in Redis and, after every save, in an encrypted backup cookie
+that :mod:`..middleware` carries.  With Redis healthy this engine behaves like
+``django.contrib.sessions.backends.cache``: one ``GET`` per load, one ``SET``
+per save, no database query.  Which copy serves a request otherwise, whether a
+backup's login is trusted and what is written back is decided by
+:func:`..trust.decide`; this class gathers the states it needs and carries out
+its answers.  Logins, logouts and revocations are recorded in the
+``UserSession`` ledger, durably or not at all (:class:`~..exceptions.LedgerUnavailable`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -24,28 +26,21 @@ from django.contrib.sessions.backends.base import (
     SessionBase,
     UpdateError,
 )
-from django.db import DatabaseError
 from django.utils.crypto import get_random_string
 
-from .. import codec, cookies, health, lifecycle, signals, tracking
+from .. import codec, cookies, health, ledger, lifecycle, purges, signals, tracking, trust
 from ..breaker import CLOSED
-from ..cachecopy import Entry, SessionCache, hash_key
-from ..conf import AUTH_KEYS, conf
-from ..exceptions import CacheUnavailable
+from ..cachecopy import CacheRead, Entry, SessionCache, hash_key
+from ..client import ClientInfo
+from ..conf import conf
+from ..exceptions import CacheUnavailable, LedgerUnavailable, SessionLimitExceeded
 from ..models import EndReason
+from ..trust import Cache, Row, Serve, Store, Write
 
 __all__ = ["ClientInfo", "SessionStore"]
 
 logger = logging.getLogger("django_resilient_sessions")
 security_logger = logging.getLogger("django.security.SuspiciousSession")
-
-
-class ClientInfo:
-    """Who is on the other end, as the middleware saw it (read at login only)."""
-
-    def __init__(self, ip: str | None = None, user_agent: str = "") -> None:
-        self.ip = ip
-        self.user_agent = user_agent
 
 
 class SessionStore(SessionBase):
@@ -59,7 +54,7 @@ class SessionStore(SessionBase):
         client: ClientInfo | None = None,
     ) -> None:
         super().__init__(session_key)
-        self._cache = SessionCache(settings.SESSION_CACHE_ALIAS)
+        self._cache = SessionCache(settings.SESSION_CACHE_ALIAS, self.serializer)
         self.backup_token = backup
         self.client = client or ClientInfo()
         #: True when this request could not use the cache.
@@ -68,170 +63,306 @@ class SessionStore(SessionBase):
         self.source: str | None = None
         #: The backup made by the last save (None: none fits, or not saved).
         self.sealed: cookies.Sealed | None = None
-        #: The request's backup was invalid or ended: the middleware deletes it.
+        #: The request's backup was refused: the middleware deletes it.
         self.backup_rejected = False
-        #: The client's backup is missing or stale: the middleware saves to renew it.
+        #: The client's backup is missing or behind: the middleware saves to renew it.
         self.needs_backup = False
-        #: Keep the session cookie although the session is empty (cache down, no backup).
+        #: Leave the cookies alone although the session is empty.
         self.keep_cookie = False
-        self._version = 0
+        #: A renewal found the session ended meanwhile: the middleware sets nothing.
+        self.interrupted = False
+        self._version = 0  # of the copy in hand
+        self._base = 0  # the Redis version it descends from (0: never in Redis)
+        self._parent = NO_TAG  # fingerprint of the copy in hand (its backup's token)
+        self._served = 0  # the newest backup version the ledger saw served
         self._partial = False
-        self._user: str | None = None
+        self._user: str | None = None  # the login the ledger holds for this key
         self._loaded = False
-        self._in_cache = False
-        # Auth keys of a backup the database could not vouch for: kept out of
-        # the session (fail closed) but sealed into the next backup, so the
-        # login comes back once the database answers.
+        self._in_cache = False  # Redis holds the copy in hand
+        # A backup's login the ledger could not vouch for: kept out of the
+        # session (fail closed), sealed into the next backup, so it comes back
+        # once the database answers.
         self._withheld: dict[str, Any] = {}
 
     @property
     def key_hash(self) -> str:
         return hash_key(self.session_key) if self.session_key else ""
 
+    def _get_new_session_key(self) -> str:
+        # No exists() round trip: SET NX in create() detects a collision.
+        return get_random_string(32, VALID_KEY_CHARS)
+
     # Loading ---------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        key_hash = self.key_hash
         self._loaded = True
+        purges.check_if_due(self._cache)
+        key_hash = self.key_hash
         try:
-            tracking.purge_pending_if_due()
-        except DatabaseError:
-            logger.exception("Could not check for pending cache purges.")
-        try:
-            entry, ended = self._cache.get(key_hash)
+            read = self._cache.read(key_hash)
         except CacheUnavailable:
             self.degraded = True
-            backup = self._trusted_backup(key_hash, "cache_unavailable")
-            if backup is None:
-                # Unknown key, unverifiable: never adopt it (fixation), but
-                # leave the cookie alone, the session may be fine in Redis.
-                self.keep_cookie = True
-                return self._forget_key()
-            self._partial = backup.partial
-            return self._adopt(backup.version, backup.data, "backup", in_cache=False)
-        if ended:
-            # Logged out, flushed or revoked: no backup of it comes back.
-            if self.backup_token:
-                self._refuse(key_hash, "ended")
-            return self._forget_key()
-        if entry is None:
-            backup = self._trusted_backup(key_hash, "cache_miss")
-            if backup is None:
-                return self._forget_key()
-            data = self._adopt(backup.version, backup.data, "backup", in_cache=False)
-            if self.session_key is not None:
-                self._write_back(key_hash, backup.version, data, backup.expires_at, nx=True)
-            return data
-        if self.backup_token and codec.token_tag(self.backup_token) != entry.backup_tag:
-            newer = self._newer_backup(key_hash, entry)
-            if newer is not None:
-                return newer
-            self.needs_backup = True
-        elif not self.backup_token:
-            self.needs_backup = True
-        return self._adopt(entry.version, entry.data, "cache")
+            read = CacheRead(Cache.UNREACHABLE)
+        backup, state = self._backup_against(read)
+        login = backup is not None and SESSION_KEY in backup.data
+        decision = trust.decide(read.state, state, login, fail_closed=conf.FAIL_CLOSED)
+        if decision.serve is Serve.ASK_LEDGER:
+            assert backup is not None
+            row = self._row(key_hash, backup)
+            decision = trust.decide(read.state, state, login, row, fail_closed=conf.FAIL_CLOSED)
+        return self._carry_out(decision, read, backup)
 
-    def _newer_backup(self, key_hash: str, entry: Entry) -> dict[str, Any] | None:
-        backup = self._open_backup()
-        if backup is None or backup.version <= entry.version:
-            return None
-        trusted = self._vet(backup, key_hash, "newer_backup")
-        if trusted is None:
-            return None
-        data = trusted.data
-        if trusted.partial:
+    def _backup_against(self, read: CacheRead) -> tuple[codec.Backup | None, trust.Backup]:
+        """The request's backup, opened unless it is the one saved with the Redis copy."""
+        token = self.backup_token
+        entry = read.entry
+        if entry is None:
+            current = False
+        elif token:
+            current = codec.token_tag(token) == entry.tag
+        else:
+            current = entry.tag == NO_TAG  # saved without a backup: none fits, none to renew
+        backup = None
+        if token and not current and read.state is not Cache.TOMBSTONED and self.session_key:
+            budget = cookies.max_token_chars()
+            backup = codec.open_token(token, self.session_key, self.serializer, budget)
+        state = trust.classify(
+            read.state,
+            token=bool(token),
+            current=current,
+            opened=backup is not None,
+            version=backup.version if backup else 0,
+            base=backup.base if backup else 0,
+            cache_version=entry.version if entry else 0,
+            child=backup is not None and entry is not None and backup.parent == entry.tag,
+        )
+        return backup, state
+
+    def _row(self, key_hash: str, backup: codec.Backup) -> Row:
+        try:
+            row, self._served = ledger.row_state(key_hash, backup.data[SESSION_KEY], backup.version)
+        except LedgerUnavailable:
+            return Row.UNREADABLE
+        return row
+
+    def _carry_out(
+        self, decision: trust.Decision, read: CacheRead, backup: codec.Backup | None
+    ) -> dict[str, Any]:
+        key_hash = self.key_hash
+        path = _PATHS[read.state]
+        if decision.reject:
+            self._refuse(key_hash, decision.reason, path)
+        elif decision.reason == trust.ROLLBACK:
+            security_logger.warning("Session backup refused: %s.", decision.reason)
+            health.count("backups_rejected")
+        if decision.purge:
+            self._purge(key_hash)
+        self.keep_cookie = decision.keep_cookies
+        if decision.serve is Serve.CACHE:
+            assert read.entry is not None
+            self.needs_backup = decision.renew
+            return self._use_entry(read.entry, backup)
+        if decision.serve is Serve.NOTHING or backup is None:
+            return self._forget_key()
+        data = backup.data
+        if decision.serve is Serve.BACKUP_WITHOUT_LOGIN:
+            logger.warning("Ledger unavailable: backup restored without its login.")
+            self._withheld = lifecycle.strip_login(data)
+        elif decision.reason == trust.TRUSTED_UNCHECKED:
+            logger.warning("Ledger unavailable: backup login trusted (FAIL_CLOSED off).")
+        if backup.partial and read.entry is not None:
             essential = set(conf.ESSENTIAL_KEYS)
-            data = {k: v for k, v in entry.data.items() if k not in essential} | data
-        data = self._adopt(trusted.version, data, "backup", in_cache=False)
-        if self.session_key is not None:
-            self._write_back(key_hash, trusted.version, data, trusted.expires_at, nx=False)
+            data = {k: v for k, v in read.entry.data.items() if k not in essential} | data
+        self._partial = backup.partial and read.entry is None
+        self._parent = codec.token_tag(self.backup_token or "")
+        data = self._use(backup.version, backup.base, data, "backup", in_cache=False)
+        if self.session_key is None:
+            return data  # timed out
+        health.count("restored_from_backup")
+        _send(signals.session_restored, key_hash=key_hash, reason=path, partial=backup.partial)
+        if decision.write is not Write.NONE:
+            return self._write_back(key_hash, read, backup, data)
         return data
 
-    def _adopt(
-        self, version: int, data: dict[str, Any], source: str, *, in_cache: bool = True
+    def _use_entry(self, entry: Entry, backup: codec.Backup | None) -> dict[str, Any]:
+        """Serve the Redis copy.  Versions only go up: past any backup it won over."""
+        data = self._use(entry.version, entry.version, entry.data, "cache", in_cache=True)
+        if self.session_key is not None:
+            self._parent = entry.tag
+            self._version = max(self._version, backup.version if backup else 0, self._served)
+        return data
+
+    def _use(
+        self, version: int, base: int, data: dict[str, Any], source: str, *, in_cache: bool
     ) -> dict[str, Any]:
+        """Take ``data`` as the session, unless its login is past a timeout."""
         now = time.time()
         reason = lifecycle.timed_out(data, now)
         if reason is not None:
-            self._end(self.key_hash, reason)
+            self._end_quietly(self.key_hash, reason, in_redis=in_cache or base > 0)
             return self._forget_key()
-        self._version = version
+        self._version, self._base = version, base
         self._user = data.get(SESSION_KEY)
         self.source = source
         self._in_cache = in_cache
         self.needs_backup = self.needs_backup or lifecycle.renewal_due(data, now)
         return data
 
+    def _write_back(
+        self, key_hash: str, read: CacheRead, backup: codec.Backup, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        entry = Entry(self._version, data, codec.token_tag(self.backup_token or ""))
+        ttl = backup.expires_at - int(time.time())
+        try:
+            other = self._cache.write_back(key_hash, entry, ttl, read.sha)
+        except CacheUnavailable as error:
+            self.degraded = True
+            if error.attempted:
+                self._base = self._version  # Redis may hold it now (see _save)
+            return data
+        if other is None:
+            health.count("written_back")
+            self._in_cache, self._base = True, self._version
+            self._parent = entry.tag
+            # The client's backup is now a Redis copy: a fresh one descends from
+            # it, so a process still on backups cannot leave it behind.
+            self.needs_backup = True
+            return data
+        if other.state is Cache.TOMBSTONED:
+            self._refuse(key_hash, trust.ENDED, _PATHS[Cache.TOMBSTONED])
+            return self._forget_key()
+        if other.entry is None:
+            return data  # an unreadable value is in the way: stay on the backup
+        # Another request wrote a copy meanwhile: it wins.
+        self.needs_backup = True
+        return self._use_entry(other.entry, backup)
+
     def _forget_key(self) -> dict[str, Any]:
         self._session_key = None
-        self._version = 0
+        self._version = self._base = 0
+        self._user = None
         return {}
 
-    def _open_backup(self) -> codec.Backup | None:
-        if not self.backup_token or not self.session_key:
-            return None
-        backup = codec.open_token(
-            self.backup_token, self.session_key, self.serializer, cookies.max_token_chars()
-        )
-        if backup is None:
-            self.backup_rejected = True
-            health.count("backups_rejected")
-        return backup
-
-    def _trusted_backup(self, key_hash: str, reason: str) -> codec.Backup | None:
-        backup = self._open_backup()
-        return None if backup is None else self._vet(backup, key_hash, reason)
-
-    def _vet(self, backup: codec.Backup, key_hash: str, reason: str) -> codec.Backup | None:
-        """Apply the never-resurrect rule to a backup that decrypted."""
-        user_id = backup.data.get(SESSION_KEY)
-        if user_id is not None:
-            try:
-                state = tracking.row_state(key_hash, user_id)
-            except DatabaseError:
-                if conf.FAIL_CLOSED:
-                    logger.warning("Database unavailable: backup restored without its login.")
-                    self._withheld = {k: v for k, v in backup.data.items() if k in AUTH_KEYS}
-                    backup.data = {k: v for k, v in backup.data.items() if k not in AUTH_KEYS}
-                else:
-                    logger.warning("Database unavailable: backup login trusted (FAIL_CLOSED off).")
-                state = "unconfirmed"
-            if state not in ("active", "unconfirmed"):
-                self._refuse(key_hash, reason, state)
-                return None
-        health.count("restored_from_backup")
-        _send(signals.session_restored, key_hash=key_hash, reason=reason, partial=backup.partial)
-        return backup
-
-    def _refuse(self, key_hash: str, reason: str, state: str = "ended") -> None:
-        if state == "missing":
+    def _refuse(self, key_hash: str, reason: str, path: str) -> None:
+        if reason == trust.ROW_MISSING:
             security_logger.warning("Backup of a login with no tracking row refused.")
-        else:
+        elif reason in (trust.ENDED, trust.ROW_ENDED):
             security_logger.warning("Backup of an ended or revoked session refused.")
+        # (an invalid backup was logged by the codec)
         self.backup_rejected = True
         health.count("backups_rejected")
-        _send(signals.backup_rejected, key_hash=key_hash, reason=reason)
+        if reason != "invalid":
+            _send(signals.backup_rejected, key_hash=key_hash, reason=path)
 
-    def _write_back(
-        self, key_hash: str, version: int, data: dict[str, Any], expires_at: int, *, nx: bool
-    ) -> None:
-        entry = Entry(version, data, codec.token_tag(self.backup_token or ""))
+    def _purge(self, key_hash: str) -> None:
+        """The ledger says this session ended, but Redis kept its copy: drop it."""
         try:
-            self._cache.put(key_hash, entry, expires_at - int(time.time()), nx=nx)
-        except CacheUnavailable:
-            self.degraded = True
+            tracking.remove([key_hash], queue=True, must_queue=False)
+        except LedgerUnavailable:
+            logger.exception("Could not queue the purge of an ended session's Redis copy.")
+
+    def _end_quietly(self, key_hash: str, reason: str, *, in_redis: bool) -> None:
+        """End a timed-out login; its own stamps refuse it again if this fails."""
+        try:
+            tracking.end_one(key_hash, reason, login=True, in_redis=in_redis)
+        except LedgerUnavailable:
+            logger.exception("Could not record the end of a timed-out session.")
+
+    # Logins ----------------------------------------------------------------
+
+    def record_login(self) -> None:
+        """Record the login ``django.contrib.auth.login()`` just put in the session.
+
+        Called from the ``user_logged_in`` signal.  If the ledger cannot take
+        it, the login is taken out of the session and ``LedgerUnavailable`` (or
+        ``SessionLimitExceeded``) is raised: a login that cannot be recorded is
+        not a login.
+        """
+        data = self._session  # type: ignore[attr-defined]
+        user = data.get(SESSION_KEY)
+        if user is None:
             return
-        health.count("written_back")
-        self._in_cache = True
+        self._get_or_create_session_key()  # type: ignore[attr-defined]
+        now = time.time()
+        self._start(data, user, now, now + self.get_expiry_age())
+
+    def _start(self, data: dict[str, Any], user: Any, now: float, expires_at: float) -> None:
+        try:
+            recorded, evicted = ledger.start(
+                self.key_hash,
+                user,
+                expires_at,
+                self._version + 1,
+                self.client.ip,
+                self.client.user_agent,
+            )
+        except LedgerUnavailable:
+            self._take_back_login(data)
+            raise
+        if not recorded:
+            self._take_back_login(data)
+            logger.warning("Login refused: the user is at MAX_SESSIONS_PER_USER.")
+            raise SessionLimitExceeded(
+                "This account already has the most active sessions allowed. "
+                "Sign out on another device first."
+            )
+        lifecycle.stamp(data, now, expires_at, login=True)
+        self._user = str(user)
+        self._withheld = {}
+        if evicted:
+            try:
+                tracking.remove(evicted, queue=True, must_queue=False)
+            except LedgerUnavailable:
+                logger.exception("Could not queue the Redis deletion of evicted sessions.")
+
+    def _take_back_login(self, data: dict[str, Any]) -> None:
+        lifecycle.strip_login(data)
+        self.modified = True
+
+    def _ledger_before_write(
+        self, data: dict[str, Any], version: int, now: float, expires_at: float, skip: bool
+    ) -> bool:
+        """Keep the ledger in step with a save; ``True`` when it recorded ``version``."""
+        user = data.get(SESSION_KEY)
+        if user != self._user:
+            if self._user is not None:
+                # The login was removed or replaced without logout(): end it first.
+                reason = str(EndReason.REPLACED if user else EndReason.LOGOUT)
+                ledger.end_rows([self.key_hash], reason)
+                self._user = None
+            if user is not None:
+                self._start(data, user, now, expires_at)
+            return True
+        if user is None:
+            return False
+        due = lifecycle.renewal_due(data, now, expires_at)
+        if not (due or skip):
+            return False
+        try:
+            alive = ledger.touch(
+                self.key_hash, user, version=version, expires_at=expires_at if due else None
+            )
+        except LedgerUnavailable:
+            return False  # activity is not essential; the next save tries again
+        if not alive:
+            # Ended, expired or never recorded: a renewal that finds no row ends the login.
+            security_logger.warning("Session login ended: its ledger row is no longer active.")
+            lifecycle.strip_login(data)
+            self._user = None
+        elif due:
+            lifecycle.stamp(data, now, expires_at)
+        return True
 
     # Saving ----------------------------------------------------------------
 
     def create(self) -> None:
+        self._create(record=True)
+
+    def _create(self, *, record: bool) -> None:
         for _ in range(100):
-            # No exists() round trip: SET NX in save() detects a collision.
-            self._session_key = get_random_string(32, VALID_KEY_CHARS)
+            self._session_key = self._get_new_session_key()
             try:
-                self.save(must_create=True)
+                self._save(must_create=True, record=record)
             except CreateError:
                 continue
             self.modified = True
@@ -241,64 +372,94 @@ class SessionStore(SessionBase):
     def save(self, must_create: bool = False) -> None:
         if self.session_key is None:
             return self.create()
+        self._save(must_create=must_create, record=True)
+
+    def _save(self, *, must_create: bool, record: bool) -> None:
         data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
         key_hash = self.key_hash
         version = self._version + 1
         now = time.time()
         age = self.get_expiry_age()
         expires_at = int(now) + age
-        if lifecycle.due(data, self._user, now):
-            lifecycle.record(data, key_hash, self._user, expires_at, self.client, now)
-            self._user = data.get(SESSION_KEY)
-        withheld = self._withheld if SESSION_KEY not in data else {}
-        sealed = cookies.seal_within_budget(
-            codec.Backup(version, expires_at, data | withheld, self._partial),
-            self.session_key,
-            self.serializer,
+        confirmed = not self._withheld or SESSION_KEY in data
+        store = trust.plan_save(
+            must_create=must_create,
+            in_cache=self._in_cache,
+            confirmed=confirmed,
+            reachable=self._cache.breaker.state == CLOSED,
         )
-        entry = Entry(version, data, codec.token_tag(sealed.token) if sealed else "")
-        try:
-            self._in_cache = self._store(key_hash, entry, age, must_create, bool(withheld))
-        except CacheUnavailable:
-            self.degraded = True
-            health.count("degraded_saves")
+        recorded = record and self._ledger_before_write(
+            data, version, now, expires_at, skip=store is Store.SKIP
+        )
+        payload = data | (self._withheld if SESSION_KEY not in data else {})
+        # Lineage: a backup descends from its own version when Redis may hold
+        # that version (written, or a write whose reply was lost: a hung Redis
+        # applies it when it resumes), else from the Redis copy in hand.
+        sealed = self._seal(payload, version, self._base if store is Store.SKIP else version)
+        stored = maybe = False
+        if store is not Store.SKIP:
+            try:
+                stored = self._store(store, key_hash, Entry(version, data, _tag(sealed)), age)
+            except CacheUnavailable as error:
+                self.degraded = True
+                maybe = error.attempted
+                health.count("degraded_saves")
+            except _Ended:
+                # A renewal of a session ended meanwhile: nothing to renew (no error).
+                self.interrupted = True
+                self.sealed = None
+                return
+            if not (stored or maybe):
+                sealed = self._seal(payload, version, self._base)
+        if not stored and record and not recorded and SESSION_KEY in data:
+            # The backup is the newest copy of this login: no older one may win.
+            self._note_version(data[SESSION_KEY], version)
         self._version = version
+        self._in_cache = stored
+        if stored or maybe:
+            self._base = version
+        self._parent = _tag(sealed)
         self._record(sealed, key_hash)
 
-    def _store(
-        self, key_hash: str, entry: Entry, age: int, must_create: bool, unconfirmed: bool
-    ) -> bool:
-        """Write the cache copy; ``True`` when the cache holds it afterwards."""
-        if must_create:
-            if not self._cache.put(key_hash, entry, age, nx=True):
+    def _store(self, store: Store, key_hash: str, entry: Entry, age: int) -> bool:
+        """Write the Redis copy as planned; ``True`` when Redis holds it afterwards."""
+        if age <= 0:
+            self._cache.drop(key_hash)  # expired on arrival, as Django's cache engine does
+            return True
+        if store is Store.CREATE:
+            if not self._cache.create(key_hash, entry, age):
                 raise CreateError
             return True
-        # Read from the cache: update it, unless it was deleted meanwhile.
-        if self._in_cache and self._cache.put(key_hash, entry, age, xx=True):
+        if store is Store.UPDATE:
+            updated = self._cache.update(key_hash, entry, age)
+            if updated:
+                return True
+            if updated is None:
+                return self._ended_meanwhile()
+        # Not read from Redis, or its copy is gone (expired, evicted, flushed):
+        # put it back unless the session ended; a copy written meanwhile wins.
+        other = self._cache.write_back(key_hash, entry, age, "")
+        if other is None:
             return True
-        # Read from a backup, or the cache lost its copy (flush, restart):
-        # put it back unless the session ended, but never overwrite a copy we
-        # did not read (a newer backup wins it back on the next request).
-        if unconfirmed or not self._may_recreate(key_hash, entry.data):
-            return False  # kept in the backup only, until the login is confirmed
-        if self._cache.recreate(key_hash, entry, age) is None:
-            raise UpdateError  # deleted elsewhere: its tombstone says so
-        return True
+        if other.state is Cache.TOMBSTONED:
+            return self._ended_meanwhile()
+        return False
 
-    def _may_recreate(self, key_hash: str, data: dict[str, Any]) -> bool:
-        """May a login read from a backup be put back into the cache now?"""
-        if self._cache.breaker.state != CLOSED:
-            return False  # the write would be skipped: spare the query
-        user = data.get(SESSION_KEY)
-        if user is None:
-            return True
+    def _ended_meanwhile(self) -> bool:
+        if self.modified:
+            raise UpdateError  # deleted elsewhere (logout in another tab, revoked)
+        raise _Ended
+
+    def _note_version(self, user: Any, version: int) -> None:
         try:
-            active = tracking.is_active(key_hash, user)
-        except DatabaseError:
-            return False  # unconfirmed: keep it in the backup only
-        if not active:
-            raise UpdateError  # ended meanwhile (logout elsewhere, revoked)
-        return True
+            ledger.touch(self.key_hash, user, version=version)
+        except LedgerUnavailable:
+            logger.warning("Could not record the newest backup version of a login.")
+
+    def _seal(self, data: dict[str, Any], version: int, base: int) -> cookies.Sealed | None:
+        expires_at = int(time.time()) + self.get_expiry_age()
+        backup = codec.Backup(version, expires_at, data, self._partial, base, self._parent)
+        return cookies.seal_within_budget(backup, self.session_key or "", self.serializer)
 
     def _record(self, sealed: cookies.Sealed | None, key_hash: str) -> None:
         self.sealed = sealed
@@ -326,48 +487,84 @@ class SessionStore(SessionBase):
             self.degraded = True
             return False
 
+    def _login(self) -> str | None:
+        """The login this session holds, shows, or holds back (``None``: anonymous)."""
+        data: dict[str, Any] = getattr(self, "_session_cache", {})
+        user = data.get(SESSION_KEY) or self._withheld.get(SESSION_KEY) or self._user
+        return None if user is None else str(user)
+
     def delete(self, session_key: str | None = None) -> None:
         own = session_key is None or session_key == self.session_key
-        if session_key is None:
-            if self.session_key is None:
-                return
-            session_key = self.session_key
-        key_hash = hash_key(session_key)
-        # A session loaded without a login has no row: skip the query.
-        anonymous = own and self._loaded and self._user is None
-        self._end(
-            key_hash, None if anonymous else str(EndReason.LOGOUT if own else EndReason.REVOKED)
-        )
+        key = self.session_key if session_key is None else session_key
+        if key is None:
+            return
+        if own and self._loaded:
+            login: bool | None = self._login() is not None
+            in_redis = self._in_cache or self._base > 0
+            ttl = self.get_expiry_age()
+        else:
+            login, in_redis, ttl = None, True, 0  # not loaded: it may be a login in Redis
+        reason = str(EndReason.LOGOUT if own else EndReason.REVOKED)
+        tracking.end_one(hash_key(key), reason, login=login, in_redis=in_redis, ttl=ttl)
         if own:
             self._user = None
-            self._version = 0
             self._withheld = {}
+            self._version = self._base = 0
+            self._in_cache = False
 
-    def _end(self, key_hash: str, reason: str | None) -> None:
-        """End the row (unless ``reason`` is None) and drop the cache copy."""
-        try:
-            if reason is None:
-                tracking.purge([key_hash])
-            else:
-                tracking.end([key_hash], reason)
-        except DatabaseError:
-            logger.exception("Could not record the end of a session.")
+    def flush(self) -> None:
+        # Django clears the data first; here the end is recorded first, so that
+        # a logout the ledger cannot record changes nothing (LedgerUnavailable).
+        self.delete()
+        self.clear()
+        self._session_key = None
+
+    async def aflush(self) -> None:
+        await sync_to_async(self.flush)()
 
     def cycle_key(self) -> None:
         data = self._session  # type: ignore[attr-defined]
         old_key = self.session_key
-        user = self._user
-        self.create()
-        self._session_cache = data
-        if not old_key:
+        user = self._login()
+        old_in_redis = self._in_cache or self._base > 0
+        ttl = self.get_expiry_age()
+        if user is None or not old_key:
+            self._create(record=True)
+            self._session_cache = data
+            if old_key:
+                self._drop_old(hash_key(old_key), in_redis=old_in_redis, ttl=ttl)
             return
+        state = (self._version, self._base, self._in_cache)
+        self._create(record=False)
+        self._session_cache = data
         old_hash = hash_key(old_key)
-        self._end(old_hash, None)
         try:
-            if user is not None and not tracking.rekey(old_hash, self.key_hash):
-                self._user = None  # no row to move: the next save starts one
-        except DatabaseError:
-            logger.exception("Could not move the session's tracking row to its new key.")
+            self._cache.delete([old_hash], ttl)
+            queue_old = False
+        except CacheUnavailable:
+            queue_old = old_in_redis
+        try:
+            moved = ledger.rekey(old_hash, self.key_hash, queue_old=queue_old)
+        except LedgerUnavailable:
+            # Undo: the new key goes, the old one stays (if Redis still has it).
+            with contextlib.suppress(CacheUnavailable):  # nobody ever received the new key
+                self._cache.delete([self.key_hash])
+            self._session_key = old_key
+            self._version, self._base, self._in_cache = state
+            raise
+        if not moved:
+            # The login had no active row (ended meanwhile): it does not move on.
+            security_logger.warning("Session login ended: no active ledger row to move.")
+            lifecycle.strip_login(data)
+            self._withheld = {}
+            self._user = None
+            self.modified = True
+
+    def _drop_old(self, key_hash: str, *, in_redis: bool, ttl: int) -> None:
+        try:
+            tracking.remove([key_hash], queue=in_redis, must_queue=False, ttl=ttl)
+        except LedgerUnavailable:
+            logger.exception("Could not queue the Redis deletion of a cycled session key.")
 
     async def acycle_key(self) -> None:
         await sync_to_async(self.cycle_key)()
@@ -375,6 +572,23 @@ class SessionStore(SessionBase):
     @classmethod
     def clear_expired(cls) -> None:
         tracking.clear_expired()
+
+
+NO_TAG = bytes(12)
+_PATHS = {
+    Cache.UNREACHABLE: "cache_unavailable",
+    Cache.ABSENT: "cache_miss",
+    Cache.PRESENT: "newer_backup",
+    Cache.TOMBSTONED: "ended",
+}
+
+
+class _Ended(Exception):
+    """A renewal found the session ended (internal to ``save``)."""
+
+
+def _tag(sealed: cookies.Sealed | None) -> bytes:
+    return codec.token_tag(sealed.token) if sealed else NO_TAG
 
 
 def _send(signal: Any, **kwargs: Any) -> None:

@@ -1,0 +1,78 @@
+"""What the engine needs of a Django cache alias: a redis-py client and key names.
+
+Two backends are supported: django-redis (``django_redis.cache.RedisCache``,
+including its Sentinel client) and Django's own
+``django.core.cache.backends.redis.RedisCache`` (one server, or a primary
+followed by replicas).  Both give a redis-py client connected to the primary;
+the engine sends its own commands and values through it, so neither backend's
+serializer or compressor is involved.  Anything else raises
+``ImproperlyConfigured`` when the engine first uses the alias (the system
+check ``E007`` says so earlier where checks run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
+
+__all__ = ["RedisAccess", "backend_kind"]
+
+DJANGO_REDIS = "django-redis"
+BUILTIN = "django"
+
+
+def backend_kind(backend: Any) -> str | None:
+    """``"django-redis"``, ``"django"`` or ``None`` for an unsupported cache backend."""
+    try:
+        from django_redis.cache import RedisCache as DjangoRedisCache
+    except ImportError:  # django-redis is optional when Django's own backend is used
+        DjangoRedisCache = None
+    from django.core.cache.backends.redis import RedisCache as BuiltinRedisCache
+
+    if DjangoRedisCache is not None and isinstance(backend, DjangoRedisCache):
+        return DJANGO_REDIS
+    if isinstance(backend, BuiltinRedisCache):
+        return BUILTIN
+    return None
+
+
+class RedisAccess:
+    """The primary of the cache alias ``alias``, as a redis-py client."""
+
+    def __init__(self, alias: str) -> None:
+        try:
+            backend = caches[alias]
+        except Exception as error:  # InvalidCacheBackendError, or a backend that fails to build
+            raise ImproperlyConfigured(
+                f"SESSION_CACHE_ALIAS {alias!r} is not a usable cache: {error}"
+            ) from error
+        kind = backend_kind(backend)
+        if kind is None:
+            raise ImproperlyConfigured(
+                f"The session cache {alias!r} is {type(backend).__module__}."
+                f"{type(backend).__qualname__}; django-resilient-sessions needs django-redis "
+                "(django_redis.cache.RedisCache) or Django's "
+                "django.core.cache.backends.redis.RedisCache."
+            )
+        client = getattr(backend, "client", None)
+        if kind == DJANGO_REDIS and not hasattr(client, "get_client"):
+            raise ImproperlyConfigured(
+                f"The django-redis client of the session cache {alias!r} "
+                f"({type(client).__name__}) has no single primary; use DefaultClient "
+                "or SentinelClient."
+            )
+        self.alias = alias
+        self.kind = kind
+        self.backend: Any = backend
+
+    def client(self) -> Any:
+        """A redis-py client for the primary (reads go there too: no stale replica)."""
+        if self.kind == DJANGO_REDIS:
+            return self.backend.client.get_client(write=True)
+        return self.backend._cache.get_client(write=True)
+
+    def key(self, name: str) -> str:
+        """``name`` under the alias's ``KEY_PREFIX``, ``VERSION`` and ``KEY_FUNCTION``."""
+        return str(self.backend.make_key(name))
