@@ -290,10 +290,11 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
     window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size)
     with transaction.atomic(using=_db()):
-        deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
+        # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
         hashes = list(expired.values_list("key_hash", flat=True))
-        expired.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
+        window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
+        deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
     return deleted, hashes
 
 

@@ -46,8 +46,10 @@ __all__ = [
     "Write",
     "classify",
     "decide",
+    "markdown_table",
     "plan_delete",
     "plan_save",
+    "possible_backups",
     "table",
 ]
 
@@ -272,7 +274,7 @@ def table(*, fail_closed: bool = True) -> list[tuple[str, str, str, str, Decisio
     """Every distinct state and its decision: (cache, backup, login, row, decision)."""
     rows: list[tuple[str, str, str, str, Decision]] = []
     for cache in Cache:
-        for backup in _backups_for(cache):
+        for backup in possible_backups(cache):
             for login in (False, True):
                 first = decide(cache, backup, login, fail_closed=fail_closed)
                 if first.serve is not Serve.ASK_LEDGER:
@@ -287,7 +289,42 @@ def table(*, fail_closed: bool = True) -> list[tuple[str, str, str, str, Decisio
     return rows
 
 
-def _backups_for(cache: Cache) -> list[Backup]:
+#: The invariant each decision protects, by its reason (for the docs' table).
+PROTECTS = {
+    "current": "healthy path: one GET, no query",
+    "none": "every save leaves a fresh backup",
+    "invalid": "total decoding: a bad cookie is no backup",
+    "stale": "no rollback: Redis moved on, Redis wins",
+    "anonymous": "lose nothing (anonymous data: the documented exception to no rollback)",
+    "row active": "lose nothing: the newest copy wins",
+    ROLLBACK: "no rollback: an older backup than one served",
+    ROW_ENDED: "never resurrect: the ledger ended it",
+    ROW_MISSING: "never resurrect: a login with no row is not a login",
+    "ledger unreadable: Redis wins": "fail closed: an unconfirmed backup never wins",
+    "ledger unreadable: login withheld": "fail closed: the login waits for the ledger",
+    TRUSTED_UNCHECKED: "availability over revocation (FAIL_CLOSED off)",
+    "no copy": "no fixation: an unknown key is never adopted",
+    ENDED: "never resurrect: the tombstone says it ended",
+}
+
+
+def markdown_table(*, fail_closed: bool = True) -> str:
+    """:func:`table` as the Markdown table ``docs/trust-model.md`` prints."""
+    lines = [
+        "| Redis | backup | login | row | serve | write back | renew | cookies | protects |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for cache, backup, login, row, d in table(fail_closed=fail_closed):
+        parts = ["refuse backup"] * d.reject + ["keep session cookie"] * d.keep_cookies
+        cookies = ", ".join(parts + ["delete Redis copy"] * d.purge) or "-"
+        renew = "yes" if d.renew else "-"
+        cells = [cache, backup, login, row, d.serve.value, d.write.value, renew, cookies]
+        lines.append("| " + " | ".join([*cells, PROTECTS[d.reason]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def possible_backups(cache: Cache) -> list[Backup]:
+    """The backup states :func:`classify` can give along with ``cache``."""
     if cache is Cache.PRESENT:
         return [Backup.NONE, Backup.INVALID, Backup.CURRENT, Backup.STALE, Backup.NEWER]
     return [Backup.NONE, Backup.INVALID, Backup.VALID]

@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +30,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from django.db import DatabaseError, connection
+from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -55,6 +54,7 @@ from tests.web import (
     session_key,
     set_values,
     user_of,
+    usersession_table_unavailable,
     whoami,
 )
 
@@ -356,23 +356,6 @@ def test_revoked_during_outage_by_another_process_is_not_served_from_cache(
 # -- database unavailable during a Redis outage -----------------------------------------------
 
 
-@contextmanager
-def usersession_table_unavailable() -> Iterator[None]:
-    """Make the ledger table vanish (queries raise DatabaseError), and always bring it back."""
-    quote = connection.ops.quote_name
-    table = UserSession._meta.db_table
-    hidden = f"{table}_offline"
-    with connection.cursor() as cursor:
-        cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(hidden)}")
-    try:
-        with pytest.raises(DatabaseError):
-            UserSession.objects.filter(key_hash="x").exists()
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {quote(hidden)} RENAME TO {quote(table)}")
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("fail_closed", [True, False], ids=["fail_closed", "fail_open"])
 def test_database_unavailable_during_outage(
@@ -577,9 +560,10 @@ def test_clearsessions_keeps_pending_purges_while_redis_is_down(
     fault_redis.kill()
     call_command("clearsessions")  # must not raise
     assert ledger_state() == expected_state(hashes)
-    # The rows it ended have their Redis deletions queued too.
+    # The rows it ended (and those it deleted without their having been ended) have
+    # their Redis deletions queued too.
     queued = sorted(PendingPurge.objects.values_list("key_hash", flat=True))
-    assert queued == sorted(pending + hashes["expired"])
+    assert queued == sorted(pending + hashes["expired"] + hashes["expired_old"])
 
     fault_redis.start()
     with fault_redis.client() as raw:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.cookies import SimpleCookie
 from typing import Any
 
+import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import caches
+from django.db import DatabaseError, connection
 from django.test import Client
 
 from django_resilient_sessions.cachecopy import hash_key as key_hash
+from django_resilient_sessions.models import UserSession
 from tests.redis_server import RedisServer
 
 __all__ = [
@@ -31,7 +36,9 @@ __all__ = [
     "replay",
     "session_key",
     "set_values",
+    "table_unavailable",
     "user_of",
+    "usersession_table_unavailable",
     "whoami",
 ]
 
@@ -129,3 +136,25 @@ def has_copy(raw: Any, redis_key: str) -> bool:
 def in_redis(server: RedisServer, key: str) -> bool:
     with server.client() as raw:
         return has_copy(raw, redis_key_for_hash(key_hash(key)))
+
+
+@contextmanager
+def table_unavailable(model: Any) -> Iterator[None]:
+    """Make a model's table vanish (queries raise DatabaseError), and always bring it back."""
+    quote = connection.ops.quote_name
+    table = model._meta.db_table
+    hidden = f"{table}_offline"
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(hidden)}")
+    try:
+        with pytest.raises(DatabaseError):
+            model.objects.exists()
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {quote(hidden)} RENAME TO {quote(table)}")
+
+
+def usersession_table_unavailable() -> Any:
+    """The ledger's table gone: every ledger statement fails."""
+    return table_unavailable(UserSession)

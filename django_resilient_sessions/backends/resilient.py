@@ -498,6 +498,8 @@ class SessionStore(SessionBase):
         key = self.session_key if session_key is None else session_key
         if key is None:
             return
+        if own and not hasattr(self, "_session_cache"):
+            self._get_session()  # type: ignore[attr-defined]  # what is being ended?
         if own and self._loaded:
             login: bool | None = self._login() is not None
             in_redis = self._in_cache or self._base > 0

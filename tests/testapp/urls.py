@@ -9,6 +9,8 @@ urlpatterns = [
     path("whoami/", views.whoami, name="whoami"),
     path("set/", views.session_set, name="session-set"),
     path("get/", views.session_get, name="session-get"),
+    path("expiry/", views.session_expiry, name="session-expiry"),
+    path("flush/", views.session_flush, name="session-flush"),
     path("admin/", admin.site.urls),
     path("account/sessions/", include("django_resilient_sessions.urls")),
 ]

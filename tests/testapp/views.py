@@ -70,3 +70,19 @@ def session_get(request: HttpRequest) -> JsonResponse:
     """Return the session contents, leaving out Django's internal ``_``-prefixed keys."""
     data = {key: value for key, value in request.session.items() if not key.startswith("_")}
     return JsonResponse(data)
+
+
+@csrf_exempt
+@require_POST
+def session_expiry(request: HttpRequest) -> JsonResponse:
+    """``set_expiry(seconds)`` on the session."""
+    request.session.set_expiry(int(request.POST["seconds"]))
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+@require_POST
+def session_flush(request: HttpRequest) -> JsonResponse:
+    """``flush()`` the session (what logout does, for an anonymous visitor too)."""
+    request.session.flush()
+    return JsonResponse({"ok": True})

@@ -1,0 +1,192 @@
+"""The trust decision as a pure function: every state, every invariant, and the docs' table.
+
+``trust.decide()`` is exhaustively enumerable (a few dozen states), so every invariant
+it protects is checked here over all of them, not over examples.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from django_resilient_sessions import trust
+from django_resilient_sessions.trust import Backup, Cache, Decision, Row, Serve, Store, Write
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "trust-model.md"
+ROWS = [row for row in Row if row is not Row.NOT_ASKED]
+
+
+def every_state() -> list[tuple[Cache, Backup, bool, Row, bool, Decision]]:
+    """(cache, backup, login, row, fail_closed, final decision) over the whole space."""
+    states = []
+    for cache, login, fail_closed in itertools.product(Cache, (False, True), (False, True)):
+        for backup in trust.possible_backups(cache):
+            add(states, cache, backup, login, fail_closed)
+    return states
+
+
+def add(
+    states: list[tuple[Cache, Backup, bool, Row, bool, Decision]],
+    cache: Cache,
+    backup: Backup,
+    login: bool,
+    fail_closed: bool,
+) -> None:
+    first = trust.decide(cache, backup, login, fail_closed=fail_closed)
+    if first.serve is not Serve.ASK_LEDGER:
+        states.append((cache, backup, login, Row.NOT_ASKED, fail_closed, first))
+        return
+    for row in ROWS:
+        decision = trust.decide(cache, backup, login, row, fail_closed=fail_closed)
+        assert decision.serve is not Serve.ASK_LEDGER
+        states.append((cache, backup, login, row, fail_closed, decision))
+
+
+STATES = every_state()
+
+
+def test_the_ledger_is_asked_only_for_a_login_from_a_backup_that_would_win() -> None:
+    for cache, backup, login, row, _, _ in STATES:
+        if row is not Row.NOT_ASKED:
+            assert login
+            assert backup in (Backup.NEWER, Backup.VALID)
+            assert cache is not Cache.TOMBSTONED
+
+
+def test_never_resurrect() -> None:
+    """A tombstone, an ended or a missing row: nothing of it is served, the backup is refused."""
+    for cache, backup, _, row, _, decision in STATES:
+        if cache is Cache.TOMBSTONED or row in (Row.ENDED, Row.MISSING):
+            assert decision.serve is Serve.NOTHING
+            assert decision.write is Write.NONE
+            assert decision.reject == (backup is not Backup.NONE)
+        if row in (Row.ENDED, Row.MISSING) and cache is Cache.PRESENT:
+            assert decision.purge  # the Redis copy that outlived its row goes too
+
+
+def test_no_rollback() -> None:
+    """A backup wins over a Redis copy only when it descends from it; an older one never."""
+    for cache, backup, _, row, _, decision in STATES:
+        if cache is Cache.PRESENT and backup is not Backup.NEWER:
+            assert decision.serve is Serve.CACHE
+            assert decision.write is Write.NONE
+        if row is Row.AHEAD:
+            assert decision.serve in (Serve.CACHE, Serve.NOTHING)
+            assert decision.write is Write.NONE
+            # Without a Redis copy, the client keeps its cookies: its newer backup
+            # may be in another request's answer.
+            assert decision.keep_cookies == (cache is not Cache.PRESENT)
+        if decision.write is Write.REPLACE:
+            assert cache is Cache.PRESENT and backup is Backup.NEWER
+
+
+def test_fail_closed() -> None:
+    """A login the ledger cannot vouch for is never served, nor written anywhere."""
+    for cache, _, _, row, fail_closed, decision in STATES:
+        if row is not Row.UNREADABLE:
+            continue
+        assert decision.write is Write.NONE
+        if cache is Cache.PRESENT:
+            assert decision.serve is Serve.CACHE  # the unconfirmed backup does not win
+        elif fail_closed:
+            assert decision.serve is Serve.BACKUP_WITHOUT_LOGIN
+        else:
+            assert decision.serve is Serve.BACKUP
+
+
+def test_lose_nothing() -> None:
+    """What may still be good is never destroyed by a request that could not use it."""
+    for cache, backup, login, row, _, decision in STATES:
+        if cache is Cache.UNREACHABLE:
+            assert decision.write is Write.NONE
+            assert not decision.purge
+            if decision.serve is Serve.NOTHING and not decision.reject:
+                assert decision.keep_cookies  # the session may be fine in Redis
+        if cache is Cache.ABSENT and backup is Backup.VALID and (not login or row is Row.ACTIVE):
+            assert (decision.serve, decision.write) == (Serve.BACKUP, Write.RECREATE)
+        if backup is Backup.NEWER and (not login or row is Row.ACTIVE):
+            assert (decision.serve, decision.write) == (Serve.BACKUP, Write.REPLACE)
+        if decision.serve is Serve.CACHE and backup is not Backup.CURRENT:
+            assert decision.renew  # the client's backup is behind: give it the Redis copy
+
+
+def test_no_fixation() -> None:
+    """An unknown session key without a usable backup is never adopted."""
+    for cache, backup, _, _, _, decision in STATES:
+        if cache in (Cache.ABSENT, Cache.UNREACHABLE) and backup in (Backup.NONE, Backup.INVALID):
+            assert decision.serve is Serve.NOTHING
+
+
+@pytest.mark.parametrize(
+    ("base", "child", "version", "expected"),
+    [
+        (5, False, 6, Backup.NEWER),  # branched off the copy itself
+        (7, False, 9, Backup.NEWER),  # Redis lagging (a replica promoted)
+        (4, False, 9, Backup.STALE),  # Redis moved on after the branch: a rollback branch
+        (4, True, 6, Backup.NEWER),  # ...unless the copy is its parent (written back)
+        (5, False, 5, Backup.STALE),  # same version, other content: Redis wins
+        (9, False, 4, Backup.STALE),  # older
+    ],
+)
+def test_classify_lineage(base: int, child: bool, version: int, expected: Backup) -> None:
+    state = trust.classify(
+        Cache.PRESENT,
+        token=True,
+        current=False,
+        opened=True,
+        version=version,
+        base=base,
+        cache_version=5,
+        child=child,
+    )
+    assert state is expected
+
+
+def test_classify_without_a_token_and_without_a_copy() -> None:
+    assert trust.classify(Cache.ABSENT, token=False, current=False, opened=False) is Backup.NONE
+    # A Redis copy saved without any backup (none fits): there is nothing to renew.
+    assert trust.classify(Cache.PRESENT, token=False, current=True, opened=False) is Backup.CURRENT
+    assert trust.classify(Cache.ABSENT, token=True, current=False, opened=False) is Backup.INVALID
+
+
+@pytest.mark.parametrize(
+    ("must_create", "in_cache", "confirmed", "reachable", "expected"),
+    [
+        (True, False, True, True, Store.CREATE),
+        (False, True, True, True, Store.UPDATE),
+        (False, False, True, True, Store.RECREATE),
+        (False, True, True, False, Store.SKIP),
+        (True, False, False, True, Store.SKIP),  # a withheld login never reaches Redis
+        (False, False, False, True, Store.SKIP),
+    ],
+)
+def test_plan_save(
+    must_create: bool, in_cache: bool, confirmed: bool, reachable: bool, expected: Store
+) -> None:
+    plan = trust.plan_save(
+        must_create=must_create, in_cache=in_cache, confirmed=confirmed, reachable=reachable
+    )
+    assert plan is expected
+
+
+def test_plan_delete() -> None:
+    # A login (or an unknown one): the row must end, and a Redis copy must go or be queued.
+    for login in (True, None):
+        plan = trust.plan_delete(login=login, in_redis=True)
+        assert (plan.end_row, plan.queue, plan.must_queue) == (True, True, True)
+    anonymous = trust.plan_delete(login=False, in_redis=True)
+    assert (anonymous.end_row, anonymous.queue, anonymous.must_queue) == (False, True, False)
+    # Never stored in Redis (created during an outage): nothing to queue.
+    assert not trust.plan_delete(login=False, in_redis=False).queue
+
+
+def test_every_decision_says_what_it_protects() -> None:
+    for *_, decision in STATES:
+        assert decision.reason in trust.PROTECTS, decision
+
+
+def test_docs_print_the_decision_table() -> None:
+    text = DOC.read_text()
+    assert trust.markdown_table() in text, "docs/trust-model.md: regenerate the table"
