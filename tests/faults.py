@@ -72,7 +72,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -369,54 +369,65 @@ def reply_end(buf: bytes | bytearray, pos: int = 0) -> int | None:
     if kind in _SIMPLE:
         return nxt
     if kind in _BLOBS:
-        if head == b"?":  # streamed string: ;len chunks, ;0 ends it
-            p = nxt
-            while True:
-                chunk = _line(buf, p + 1) if p < len(buf) else None
-                if chunk is None:
-                    return None
-                if buf[p] != ord(";"):
-                    raise ProtocolError("bad streamed string chunk")
-                size = _length(chunk[0])
-                if size == 0:
-                    return chunk[1]
-                p = chunk[1] + size + 2
-                if p > len(buf):
-                    return None
+        if head == b"?":
+            return _streamed_string_end(buf, nxt)
         size = _length(head)
         if size < 0:
             return nxt
         end = nxt + size + 2
         return end if end <= len(buf) else None
     if kind in _AGGREGATES:
-        p: int | None = nxt
-        if head == b"?":  # streamed aggregate: values until "."
-            while True:
-                assert p is not None
-                if p + 3 > len(buf):
-                    return None
-                if buf[p : p + 3] == b".\r\n":
-                    p += 3
-                    break
-                p = reply_end(buf, p)
-                if p is None:
-                    return None
+        if head == b"?":
+            end_of_items = _streamed_aggregate_end(buf, nxt)
         else:
             count = _length(head)
             if count < 0:
                 return nxt
-            if kind in b"%|":
-                count *= 2
-            for _ in range(count):
-                assert p is not None
-                p = reply_end(buf, p)
-                if p is None:
-                    return None
-        assert p is not None
-        if kind == ord("|"):  # attributes precede the value they describe
-            return reply_end(buf, p)
-        return p
+            end_of_items = _items_end(buf, nxt, count * 2 if kind in b"%|" else count)
+        if end_of_items is not None and kind == ord("|"):
+            return reply_end(buf, end_of_items)  # attributes precede the value they describe
+        return end_of_items
     raise ProtocolError(f"unknown RESP type byte {bytes([kind])!r}")
+
+
+def _items_end(buf: bytes | bytearray, pos: int, count: int) -> int | None:
+    for _ in range(count):
+        end = reply_end(buf, pos)
+        if end is None:
+            return None
+        pos = end
+    return pos
+
+
+def _streamed_string_end(buf: bytes | bytearray, pos: int) -> int | None:
+    """``;len`` chunks until ``;0``."""
+    while True:
+        if pos >= len(buf):
+            return None
+        if buf[pos] != ord(";"):
+            raise ProtocolError("bad streamed string chunk")
+        chunk = _line(buf, pos + 1)
+        if chunk is None:
+            return None
+        size = _length(chunk[0])
+        if size == 0:
+            return chunk[1]
+        pos = chunk[1] + size + 2
+        if pos > len(buf):
+            return None
+
+
+def _streamed_aggregate_end(buf: bytes | bytearray, pos: int) -> int | None:
+    """Values until ``.``."""
+    while True:
+        if pos + 3 > len(buf):
+            return None
+        if buf[pos : pos + 3] == b".\r\n":
+            return pos + 3
+        end = reply_end(buf, pos)
+        if end is None:
+            return None
+        pos = end
 
 
 def _split_inline(line: bytes) -> list[bytes]:
@@ -1626,7 +1637,7 @@ class LedgerFaults:
             return self._pg_refused(entry, run)
         return self._raise(entry, kind)
 
-    def _raise(self, entry: LedgerStatement, kind: str) -> Any:
+    def _raise(self, entry: LedgerStatement, kind: str) -> NoReturn:
         """Raise what the ORM would, without running the statement."""
         entry.real = False
         entry.detail = "raised"
@@ -1654,6 +1665,7 @@ class LedgerFaults:
         self._abort_code_transaction()
         with self.connection.wrap_database_errors:
             raise error_class(message)
+        raise AssertionError("unreachable")  # pragma: no cover - wrap_database_errors re-raises
 
     def _abort_code_transaction(self) -> None:
         """On PostgreSQL, leave a transaction the code opened aborted, as a real error does."""
@@ -1729,7 +1741,7 @@ class LedgerFaults:
         helper = self._sqlite_helper()
         tables = self._tables_in(entry.sql)
         if helper is None or not tables:
-            return cast(T, self._raise(entry, "locked"))
+            self._raise(entry, "locked")
         writes = bool(_WRITE.match(entry.sql))
         helper.execute("BEGIN")
         try:
@@ -1741,7 +1753,7 @@ class LedgerFaults:
                 entry.detail = "table read lock"
             if not held:
                 # Our own open transaction holds these tables: nobody else can lock them.
-                return cast(T, self._raise(entry, "locked"))
+                self._raise(entry, "locked")
             entry.real = True
             return run()
         finally:
