@@ -92,6 +92,7 @@ __all__ = [
     "DEFAULT_SETUP_COMMANDS",
     "LEDGER_TABLE_PREFIX",
     "REDIS_KINDS",
+    "FaultLayer",
     "InjectedFault",
     "LedgerFaults",
     "LedgerStatement",
@@ -211,7 +212,7 @@ class FaultLayer(Protocol):
     @property
     def count(self) -> int: ...
 
-    def counted_since(self, count: int) -> list[Any]: ...
+    def counted_since(self, count: int) -> Sequence[_Loggable]: ...
 
     def fail(self, nth: int = 1, kind: str = ...) -> InjectedFault: ...
 
@@ -259,6 +260,7 @@ def steps_of(operation: Callable[[], object], *layers: FaultLayer) -> list[Step]
     found: list[tuple[int, FaultLayer, int, str]] = []
     for layer, mark in zip(layers, marks, strict=True):
         for entry in layer.counted_since(mark):
+            assert entry.n is not None  # counted steps are numbered
             found.append((entry.seq, layer, entry.n - mark, entry.describe()))
     found.sort(key=lambda item: item[0])
     return [
@@ -656,7 +658,16 @@ class RedisFaultProxy:
     An error-reply fault on a command queued in ``MULTI`` makes the ``EXEC`` answer
     ``-EXECABORT`` (the proxy sends ``DISCARD`` instead), as Redis does for a command
     refused at queue time. Replies to earlier commands of the same client write are
-    delivered before a connection is closed or goes silent.
+    delivered before a connection is closed or goes silent. A fault hits whatever
+    command it lands on (a real replica answers ``READONLY`` to writes only).
+
+    Clients: ``redis.Redis(...)`` built without ``retry=`` retries connection errors and
+    timeouts (redis-py >= 6: 10 times with backoff), which hides one-shot faults and
+    applies a ``lost_reply`` command twice; :meth:`client` and django-redis' pools do not
+    retry. ``timeout`` costs the client's socket timeout (0.25 s in tests/settings.py).
+    A "batch" is what the proxy read before it had answered everything received: one
+    redis-py call or pipeline (its chunks are sent back to back); a connection's
+    handshake is its own batches, left out of :attr:`batches`.
     """
 
     KINDS = REDIS_KINDS
@@ -1369,10 +1380,34 @@ class LedgerFaults:
       before sending anything).
 
     Persistent: ``down(kind)`` fails every counted statement with ``kind`` until
-    ``heal()``; ``down("refused")`` is the database being unreachable: on PostgreSQL in
-    autocommit Django's connection is closed and its settings point at a closed port,
-    so every connect is refused for real (nothing reaches the wrapper, so nothing is
-    logged); otherwise every statement but the bookkeeping raises.
+    ``heal()`` (it drops armed one-shot faults, as ``heal()`` does); ``down("refused")``
+    is the database being unreachable: on PostgreSQL in autocommit Django's connection is
+    closed and its settings point at a closed port, so every connect is refused for real
+    (nothing reaches the wrapper, so nothing is logged); otherwise every statement but
+    the bookkeeping raises.
+
+    Which test mode to use. Engine tests that make ORM *writes* fail should use
+    ``django_db(transaction=True)``, which is production's autocommit:
+
+    - In plain ``django_db`` every failing ``save()``/``create()``/``update()``/
+      ``delete()`` (any exception, ``value``/``type`` included) marks pytest-django's
+      test transaction for rollback (Django's ``mark_for_rollback_on_error``): the next
+      query raises TransactionManagementError, unless the failing call ran in an
+      ``atomic()`` block of its own. Failing reads (``count()``, ``exists()``, iteration)
+      and raw ``connection.cursor()`` statements are not marked.
+    - In plain ``django_db``, ``connection.in_atomic_block`` is always true, so code
+      that decides on it (e.g. "retry unless inside a transaction") takes the
+      in-transaction path there.
+    - ``refused`` is real only with ``transaction=True`` on PostgreSQL (a terminated
+      backend would take the test transaction with it); ``locked`` is real on SQLite
+      only when our transaction does not already hold the table, which in practice
+      means ``transaction=True`` as well.
+
+    Only the connection of the thread that entered the block is wrapped (the test
+    client runs requests in that thread; a live server or worker threads are not
+    covered). Server-side cursors (``QuerySet.iterator()`` on PostgreSQL) do not mix
+    with a ``readonly`` fault inside a transaction: its savepoint is rolled back after
+    the statement, which closes a cursor declared in it.
     """
 
     KINDS = DB_KINDS

@@ -544,6 +544,17 @@ def test_heal_closes_connections_left_silent(proxy: RedisFaultProxy) -> None:
         raw.close()
 
 
+def test_drop_connections_is_like_a_server_restart(
+    proxy: RedisFaultProxy, client: redis.Redis
+) -> None:
+    client.set("a", 1)
+    assert proxy.connection_count == 1
+    proxy.drop_connections()
+    assert proxy.connection_count == 0 and proxy.mode == "up"
+    assert client.get("a") == b"1"  # redis-py sees the closed socket and reconnects
+    assert len({entry.connection for entry in proxy.commands}) == 2
+
+
 def test_client_closing_mid_command(proxy: RedisFaultProxy, client: redis.Redis) -> None:
     raw = RawClient(proxy.port)
     raw.send(b"*2\r\n$3\r\nGET\r\n$10\r\nabc")
