@@ -226,6 +226,26 @@ def test_resp2_client_and_connection_setup_commands(
         assert db1.get("k") == b"v"
 
 
+def test_a_new_connections_handshake_is_not_faulted(proxy: RedisFaultProxy) -> None:
+    fault = proxy.fail(nth=1, kind="refuse")
+    with proxy.client() as fresh:
+        with pytest.raises(redis.ConnectionError):
+            fresh.get("a")  # HELLO and CLIENT SETINFO went through; GET is #1
+        assert fault.hit.name == "GET"
+        assert fresh.get("a") is None
+
+
+def test_protocol_error_closes_the_connection(proxy: RedisFaultProxy) -> None:
+    raw = RawClient(proxy.port)
+    try:
+        raw.send(b"*1\r\n:1\r\n")
+        assert raw.reply().startswith(b"-ERR Protocol error")
+        with pytest.raises(ConnectionError):
+            raw.reply()
+    finally:
+        raw.close()
+
+
 def test_setup_commands_can_be_counted(redis_server: RedisServer) -> None:
     with RedisFaultProxy(redis_server, setup_commands=()) as counting:
         with counting.client() as plain:
