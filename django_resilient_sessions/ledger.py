@@ -36,10 +36,12 @@ __all__ = [
     "batches",
     "cleanup_window",
     "end_rows",
+    "live_hashes",
     "queue",
     "queue_exists",
     "queued",
     "rekey",
+    "release",
     "row_state",
     "start",
     "touch",
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("django_resilient_sessions")
+#: Seconds after which a deletion still "in flight" (its process failed) counts as pending.
+SETTLED = 5.0
 P = ParamSpec("P")
 R = TypeVar("R")
 BATCH = 500
@@ -106,7 +110,8 @@ def start(
 
     Returns ``(recorded, evicted)``: ``recorded`` is ``False`` when the session
     limit refuses the login; ``evicted`` lists the sessions the limit ended to
-    make room (their Redis copies are the caller's to delete).  With
+    make room (queued for Redis like :func:`end_rows`: the caller deletes the
+    copies and unqueues them).  With
     ``MAX_SESSIONS_PER_USER`` set, the user's row is locked (``SELECT ... FOR
     UPDATE``) while the active sessions are counted, so concurrent logins
     cannot pass the limit together.  A lock conflict (SQLite answers
@@ -149,6 +154,7 @@ def _start(
             if room is None:
                 return False, []
             evicted = room
+            _queue(evicted)  # the outbox: see end_rows
         # Write first (no SELECT): the statement takes the write lock at once.
         again = fields | {"backup_version": Greatest(F("backup_version"), version)}
         if not UserSession.objects.filter(key_hash=key_hash).update(**again):
@@ -214,8 +220,20 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
 
 
 @_guarded
-def end_rows(key_hashes: Sequence[str], reason: str) -> int:
-    """Mark these sessions' rows ended (in batches, one transaction)."""
+def live_hashes(rows: Any) -> list[str]:
+    """The key hashes of the rows of ``rows`` (a ``UserSession`` queryset) not yet ended."""
+    return list(rows.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
+
+
+@_guarded
+def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> int:
+    """Mark these sessions' rows ended and queue their Redis deletions, in one transaction.
+
+    The queue is an outbox: the caller deletes the Redis copies next and then
+    takes them off the queue (:func:`unqueue`); whatever Redis does not take
+    stays queued for the drain.  So an end is recorded with its purge, or not
+    at all.
+    """
     ended = 0
     now = timezone.now()
     with transaction.atomic(using=_db()):
@@ -223,30 +241,40 @@ def end_rows(key_hashes: Sequence[str], reason: str) -> int:
             ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
                 ended_at=now, end_reason=reason
             )
+            if queue:
+                _queue(batch)
     return ended
 
 
 @_guarded
-def rekey(old_hash: str, new_hash: str, *, queue_old: bool = False) -> int:
-    """Move a row to the session's new key (``cycle_key``), queueing the old key's purge.
+def rekey(old_hash: str, new_hash: str) -> int:
+    """Move an active row to the session's new key (``cycle_key``), queueing the old key's purge.
 
-    Both in one transaction: either the old key is dead in the ledger and
-    queued for Redis, or nothing changed.
+    Both in one transaction (the outbox of :func:`end_rows`): either the old
+    key is dead in the ledger and queued for Redis, or nothing changed.
     """
     with transaction.atomic(using=_db()):
-        moved: int = UserSession.objects.filter(key_hash=old_hash).update(key_hash=new_hash)
-        if queue_old:
-            _queue([old_hash])
+        moved: int = UserSession.objects.filter(active_q(), key_hash=old_hash).update(
+            key_hash=new_hash
+        )
+        _queue([old_hash])
     return moved
 
 
 # The purge queue ------------------------------------------------------------
 
 
-def _queue(key_hashes: Sequence[str]) -> None:
+def _queue(key_hashes: Sequence[str], *, in_flight: bool = True) -> None:
     PendingPurge.objects.bulk_create(
-        [PendingPurge(key_hash=h) for h in key_hashes], ignore_conflicts=True
+        [PendingPurge(key_hash=h, in_flight=in_flight) for h in key_hashes],
+        ignore_conflicts=True,
     )
+
+
+def _due() -> Any:
+    """The queued deletions still to do: not in flight, or in flight too long."""
+    settled = timezone.now() - timedelta(seconds=SETTLED)
+    return PendingPurge.objects.filter(Q(in_flight=False) | Q(created_at__lt=settled))
 
 
 @_guarded
@@ -254,12 +282,26 @@ def queue(key_hashes: Sequence[str]) -> None:
     """Remember Redis deletions to do once Redis answers."""
     with transaction.atomic(using=_db()):
         for batch in batches(list(key_hashes)):
-            _queue(batch)
+            _queue(batch, in_flight=False)
 
 
 @_guarded
-def queued(limit: int) -> list[str]:
-    return list(PendingPurge.objects.order_by("pk").values_list("key_hash", flat=True)[:limit])
+def release(key_hashes: Sequence[str]) -> None:
+    """Redis did not take these in-flight deletions: they are pending now."""
+    PendingPurge.objects.filter(key_hash__in=list(key_hashes)).update(in_flight=False)
+
+
+@_guarded
+def queue_top() -> int:
+    """The newest queue entry's primary key (0 if none): where a drain stops."""
+    return int(PendingPurge.objects.aggregate(top=Max("pk"))["top"] or 0)
+
+
+@_guarded
+def queued(limit: int, upto: int) -> list[str]:
+    """Queued deletions up to primary key ``upto``, in flight or not (a drain does all)."""
+    rows = PendingPurge.objects.filter(pk__lte=upto).order_by("pk")
+    return list(rows.values_list("key_hash", flat=True)[:limit])
 
 
 @_guarded
@@ -268,13 +310,14 @@ def unqueue(key_hashes: Sequence[str]) -> None:
 
 
 @_guarded
-def queue_exists() -> bool:
-    return bool(PendingPurge.objects.exists())
+def queue_exists(*, settled_only: bool = False) -> bool:
+    """Is a Redis deletion queued?  ``settled_only``: pending ones (see :func:`_due`)."""
+    return bool((_due() if settled_only else PendingPurge.objects.all()).exists())
 
 
 @_guarded
 def queue_length() -> int:
-    return int(PendingPurge.objects.count())
+    return int(_due().count())
 
 
 # Cleanup ---------------------------------------------------------------------
@@ -284,8 +327,8 @@ def queue_length() -> int:
 def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]]:
     """Delete rows past retention and end expired ones among primary keys ``[first, first+size)``.
 
-    Returns ``(deleted, ended)``: the hashes of the rows it ended, whose Redis
-    copies the caller deletes.
+    Returns ``(deleted, ended)``: the hashes of the rows it ended, queued for
+    Redis like :func:`end_rows`.
     """
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
     window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size)
@@ -294,6 +337,7 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
         hashes = list(expired.values_list("key_hash", flat=True))
         window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
+        _queue(hashes)  # the outbox: see end_rows
         deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
     return deleted, hashes
 

@@ -58,8 +58,7 @@ class UserSessionQuerySet(models.QuerySet["UserSession"]):
         """
         from . import tracking  # the ledger's composition with Redis sits above the models
 
-        hashes = list(self.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
-        return tracking.end(hashes, reason)
+        return tracking.revoke(self, reason)
 
 
 class UserSession(models.Model):
@@ -120,10 +119,17 @@ class UserSession(models.Model):
 
 
 class PendingPurge(models.Model):
-    """A cache entry to delete once the cache answers (it failed when ended)."""
+    """A Redis copy to delete: queued with the end it belongs to, done once Redis answers.
+
+    ``in_flight``: written in the same transaction as the end of a login, and
+    deleted once Redis has taken the deletion (an outbox); left behind only if
+    the process failed right then, so it counts as pending once it is older
+    than a few seconds (``ledger.SETTLED``).
+    """
 
     key_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
+    in_flight = models.BooleanField(default=False)
 
     class Meta:
         verbose_name = _("pending cache purge")

@@ -94,12 +94,18 @@ def drain(cache: SessionCache, *, max_batches: int | None) -> Drained:
     result = Drained()
     batches = 0
     with cache.breaker.probing():
+        try:
+            # What was queued when the drain began: logouts after it see to their own.
+            upto = ledger.queue_top()
+        except LedgerUnavailable as error:
+            logger.warning("Draining the purge queue stopped: %s", error)
+            return result
         while True:
             if max_batches is not None and batches >= max_batches:
                 result.more = True
                 break
             try:
-                hashes = ledger.queued(DRAIN_BATCH)
+                hashes = ledger.queued(DRAIN_BATCH, upto)
                 if not hashes:
                     cache.recovered()
                     break
@@ -125,7 +131,9 @@ def check_if_due(cache: SessionCache) -> None:
         return
     _last_check = now
     try:
-        pending = ledger.queue_exists()
+        # Not the deletions in flight: every logout has one for a few milliseconds
+        # (ledger.end_rows); one whose process failed counts once SETTLED old.
+        pending = ledger.queue_exists(settled_only=True)
     except LedgerUnavailable:
         return  # cannot tell: Redis stays trusted on this path (the documented window)
     if pending:

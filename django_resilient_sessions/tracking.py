@@ -35,19 +35,26 @@ __all__ = [
     "end_user_sessions",
     "on_user_deleted",
     "remove",
+    "revoke",
+    "settle",
 ]
 
 logger = logging.getLogger("django_resilient_sessions")
 
 
 def end(key_hashes: Sequence[str], reason: str) -> int:
-    """End these logins: rows first, then their Redis copies.  Returns the rows ended."""
+    """End these logins: rows first (with their purges queued), then their Redis copies."""
     hashes = list(key_hashes)
     if not hashes:
         return 0
     ended = ledger.end_rows(hashes, reason)
-    remove(hashes, queue=True, must_queue=True)
+    settle(hashes)
     return ended
+
+
+def revoke(rows: Any, reason: str) -> int:
+    """End the sessions of ``rows`` (a ``UserSession`` queryset) that have not ended yet."""
+    return end(ledger.live_hashes(rows), reason)
 
 
 def end_one(
@@ -56,51 +63,73 @@ def end_one(
     """End one session as :func:`~.trust.plan_delete` says it must be ended."""
     plan = plan_delete(login=login, in_redis=in_redis)
     if plan.end_row:
-        ledger.end_rows([key_hash], reason)
-    remove([key_hash], queue=plan.queue, must_queue=plan.must_queue, ttl=ttl)
+        ledger.end_rows([key_hash], reason, queue=plan.queue)
+        settle([key_hash], ttl=ttl, queued=plan.queue)
+    else:
+        remove([key_hash], queue=plan.queue, ttl=ttl)
 
 
-def remove(key_hashes: Sequence[str], *, queue: bool, must_queue: bool, ttl: int = 0) -> None:
-    """Delete Redis copies (leaving tombstones); queue what Redis cannot take now.
+def settle(key_hashes: Sequence[str], *, ttl: int = 0, queued: bool = True) -> None:
+    """Delete Redis copies whose deletion is queued, then take them off the queue.
 
-    After the first batch Redis refuses, the rest is queued without trying.
+    What Redis does not take now stays queued, for the drain.
     """
     hashes = list(key_hashes)
-    if not hashes:
+    done = _delete(hashes, ttl)
+    rest = hashes[len(done) :]
+    if not queued:
         return
+    try:
+        if done:
+            ledger.unqueue(done)
+        if rest:
+            ledger.release(rest)
+    except LedgerUnavailable:
+        # Left in flight: they count as pending once SETTLED seconds old.
+        logger.warning("Could not update the purge queue; the drain will settle it.")
+    if rest:
+        health.count("purges_pending", len(rest))
+        logger.warning("%d session cache entries queued for purge.", len(rest))
+
+
+def remove(key_hashes: Sequence[str], *, queue: bool, ttl: int = 0) -> None:
+    """Delete Redis copies of sessions with no login (leaving tombstones), best effort.
+
+    What Redis cannot take now is queued when ``queue`` (the session may be in
+    Redis); a queue that cannot be written is logged: anonymous data only.
+    """
+    hashes = list(key_hashes)
+    rest = hashes[len(_delete(hashes, ttl)) :]
+    if not rest or not queue:
+        return
+    try:
+        ledger.queue(rest)
+    except LedgerUnavailable:
+        logger.warning("Could not queue %d Redis deletions of anonymous sessions.", len(rest))
+        return
+    health.count("purges_pending", len(rest))
+
+
+def _delete(key_hashes: Sequence[str], ttl: int) -> list[str]:
+    """Tombstone these Redis copies in batches; the hashes done (a prefix), up to a failure."""
+    hashes = list(key_hashes)
+    if not hashes:
+        return []
     cache = SessionCache()
-    for position, batch in enumerate(ledger.batches(hashes)):
+    done: list[str] = []
+    for batch in ledger.batches(hashes):
         try:
             cache.delete(batch, ttl)
         except CacheUnavailable:
-            if queue:
-                _queue(hashes[position * ledger.BATCH :], must_queue)
-            return
-
-
-def _queue(hashes: Sequence[str], must_queue: bool) -> None:
-    try:
-        ledger.queue(hashes)
-    except LedgerUnavailable:
-        if must_queue:
-            raise
-        logger.warning("Could not queue %d Redis deletions of anonymous sessions.", len(hashes))
-        return
-    health.count("purges_pending", len(hashes))
-    logger.warning("%d session cache entries queued for purge.", len(hashes))
+            break  # the rest is not even tried: Redis refused already
+        done.extend(batch)
+    return done
 
 
 def end_user_sessions(user: Any, reason: str, *, keep: str | None = None) -> int:
     """End every session of ``user`` except the one whose key hash is ``keep``."""
-    rows = UserSession.objects.filter(user=user, ended_at__isnull=True)
-    if keep:
-        rows = rows.exclude(key_hash=keep)
-    try:
-        hashes = list(rows.values_list("key_hash", flat=True))
-    # Reading the rows is part of the ledger: see ledger._guarded.
-    except Exception as error:
-        raise LedgerUnavailable(f"end_user_sessions: {error}") from error
-    return end(hashes, reason)
+    rows = UserSession.objects.filter(user=user)
+    return revoke(rows.exclude(key_hash=keep) if keep else rows, reason)
 
 
 def on_user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -149,7 +178,7 @@ def clear_expired(progress: Callable[[Cleanup], None] | None = None) -> Cleanup:
         return result
     for first in range(low, high + 1, size):
         deleted, ended = ledger.cleanup_window(first, size, now)
-        remove(ended, queue=True, must_queue=True)
+        settle(ended)
         result.deleted += deleted
         result.expired += len(ended)
         if progress:

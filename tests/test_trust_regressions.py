@@ -488,3 +488,25 @@ def test_the_queue_is_drained_in_bounded_batches_after_the_probe(fault_redis: Re
     assert whoami(phone)["degraded"] is True  # the rest after the next one
     assert not PendingPurge.objects.exists()
     assert whoami(phone) == {"user": "alice", "degraded": False}
+
+
+def test_the_periodic_check_ignores_deletions_in_flight_until_they_settle(
+    redis_server: RedisServer,
+) -> None:
+    """Every logout queues its deletion for a few milliseconds (an outbox): a process
+    must not stop trusting Redis for that, only for one left behind by a failure."""
+    from datetime import timedelta as delta
+
+    from django_resilient_sessions import ledger
+
+    make_user()
+    client = Client()
+    login(client)
+    PendingPurge.objects.create(key_hash=key_hash("in-flight"), in_flight=True)
+    with override_settings(RESILIENT_SESSIONS={"PURGE_CHECK_INTERVAL": 0}):
+        assert whoami(client) == {"user": "alice", "degraded": False}
+        PendingPurge.objects.update(created_at=timezone.now() - delta(seconds=ledger.SETTLED + 1))
+        # Settled: its process failed before it could finish; now it counts.
+        assert whoami(client) == {"user": "alice", "degraded": True}
+    assert not PendingPurge.objects.exists()  # drained after that response
+    assert whoami(client) == {"user": "alice", "degraded": False}

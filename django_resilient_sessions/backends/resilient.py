@@ -256,10 +256,7 @@ class SessionStore(SessionBase):
 
     def _purge(self, key_hash: str) -> None:
         """The ledger says this session ended, but Redis kept its copy: drop it."""
-        try:
-            tracking.remove([key_hash], queue=True, must_queue=False)
-        except LedgerUnavailable:
-            logger.exception("Could not queue the purge of an ended session's Redis copy.")
+        tracking.remove([key_hash], queue=True)
 
     def _end_quietly(self, key_hash: str, reason: str, *, in_redis: bool) -> None:
         """End a timed-out login; its own stamps refuse it again if this fails."""
@@ -309,11 +306,7 @@ class SessionStore(SessionBase):
         lifecycle.stamp(data, now, expires_at, login=True)
         self._user = str(user)
         self._withheld = {}
-        if evicted:
-            try:
-                tracking.remove(evicted, queue=True, must_queue=False)
-            except LedgerUnavailable:
-                logger.exception("Could not queue the Redis deletion of evicted sessions.")
+        tracking.settle(evicted)
 
     def _take_back_login(self, data: dict[str, Any]) -> None:
         lifecycle.strip_login(data)
@@ -534,19 +527,14 @@ class SessionStore(SessionBase):
             self._create(record=True)
             self._session_cache = data
             if old_key:
-                self._drop_old(hash_key(old_key), in_redis=old_in_redis, ttl=ttl)
+                tracking.remove([hash_key(old_key)], queue=old_in_redis, ttl=ttl)
             return
         state = (self._version, self._base, self._in_cache)
         self._create(record=False)
         self._session_cache = data
         old_hash = hash_key(old_key)
         try:
-            self._cache.delete([old_hash], ttl)
-            queue_old = False
-        except CacheUnavailable:
-            queue_old = old_in_redis
-        try:
-            moved = ledger.rekey(old_hash, self.key_hash, queue_old=queue_old)
+            moved = ledger.rekey(old_hash, self.key_hash)
         except LedgerUnavailable:
             # Undo: the new key goes, the old one stays (if Redis still has it).
             with contextlib.suppress(CacheUnavailable):  # nobody ever received the new key
@@ -554,6 +542,7 @@ class SessionStore(SessionBase):
             self._session_key = old_key
             self._version, self._base, self._in_cache = state
             raise
+        tracking.settle([old_hash], ttl=ttl)
         if not moved:
             # The login had no active row (ended meanwhile): it does not move on.
             security_logger.warning("Session login ended: no active ledger row to move.")
@@ -561,12 +550,6 @@ class SessionStore(SessionBase):
             self._withheld = {}
             self._user = None
             self.modified = True
-
-    def _drop_old(self, key_hash: str, *, in_redis: bool, ttl: int) -> None:
-        try:
-            tracking.remove([key_hash], queue=in_redis, must_queue=False, ttl=ttl)
-        except LedgerUnavailable:
-            logger.exception("Could not queue the Redis deletion of a cycled session key.")
 
     async def acycle_key(self) -> None:
         await sync_to_async(self.cycle_key)()
