@@ -198,3 +198,62 @@ def test_logout_while_redis_hangs_does_not_wait_a_socket_timeout(
         assert elapsed < NO_SOCKET_WAIT, f"the logout waited {elapsed:.3f} s"
     finally:
         fault_redis.resume()
+
+
+# Found by the chaos run of this round (the lineage of backups) -------------------------------
+
+
+def as_other_worker_on_backups() -> None:
+    """This process now acts as a worker whose breaker is still open (Redis is fine)."""
+    get_breaker("default").hold()
+
+
+def as_worker_trusting_redis() -> None:
+    reset_breakers()
+
+
+def test_a_write_back_by_one_worker_does_not_strand_another_workers_writes(
+    redis_server: RedisServer,
+) -> None:
+    """Redis came back empty. Worker A wrote the client's backup back into Redis; the
+    client's next write went to worker B, still on backups; then A again. The backup B
+    made descends from the copy A wrote back (its parent), so it wins: no lost write."""
+    client = logged_in_client()
+    ok(client.post("/set/", {"n": "1"}))
+    redis_server.flushall()
+    assert ok(client.get("/get/")) == {"n": "1"}  # worker A: written back
+    as_other_worker_on_backups()
+    ok(client.post("/set/", {"n": "2"}))  # worker B: backup only
+    as_worker_trusting_redis()
+    assert ok(client.get("/get/")) == {"n": "2"}
+    as_other_worker_on_backups()
+    ok(client.post("/set/", {"n": "3"}))
+    ok(client.post("/set/", {"n": "4"}))
+    as_worker_trusting_redis()
+    assert ok(client.get("/get/")) == {"n": "4"}
+
+
+def test_versions_never_go_back_after_redis_wins(fault_redis: RedisServer) -> None:
+    """When Redis won over a backup with a higher version (a branch it never saw), later
+    backups continued from Redis's lower number: the next outage refused the client's
+    newest backup as "older than one served" and logged the user out."""
+    client = logged_in_client()
+    ok(client.post("/set/", {"n": "1"}))
+    fault_redis.pause()
+    try:
+        ok(client.post("/set/", {"n": "2"}))  # opens the breaker: outage branch, version up
+        ok(client.post("/set/", {"n": "3"}))
+    finally:
+        fault_redis.resume()
+    # Redis never lost its copy (n=1) but the branch descends from it: it wins.
+    time.sleep(COOLDOWN + 0.05)
+    assert ok(client.get("/get/")) == {"n": "3"}
+    ok(client.post("/set/", {"n": "4"}))
+    fault_redis.pause()
+    try:
+        assert ok(client.get("/whoami/"))["user"] == "alice"
+        ok(client.post("/set/", {"n": "5"}))
+        assert ok(client.get("/whoami/"))["user"] == "alice"
+        assert ok(client.get("/get/")) == {"n": "5"}
+    finally:
+        fault_redis.resume()
