@@ -82,6 +82,22 @@ def test_expected_file_is_validated(tmp_path: Path) -> None:
     assert not entry.matches("allauth", "pg-tz", "a.b")
 
 
+def test_an_expected_failure_can_require_its_error(tmp_path: Path) -> None:
+    path = tmp_path / "expected.toml"
+    path.write_text(
+        '[[expected]]\nsuite = "django"\ntest = "t.uuid"\nerror = "OverflowError"\n'
+        'reason = "the test swaps AUTH_USER_MODEL at run time"\n'
+    )
+    expected = load_expected(path)
+    ours = _run("ours", {"t.uuid": "error"})
+    cache = _run("cache", {"t.uuid": "passed"})
+    ours.tests["t.uuid"]["detail"] = "OverflowError: Python int too large"
+    assert compare("django", "sqlite-tz", ours, cache, expected).unexpected == []
+    ours.tests["t.uuid"]["detail"] = "ValueError: SQLite backend does not support ..."
+    (finding,) = compare("django", "sqlite-tz", ours, cache, expected).unexpected
+    assert finding.test == "t.uuid"
+
+
 def test_classification() -> None:
     ours = _run(
         "ours",

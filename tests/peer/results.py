@@ -41,12 +41,21 @@ class Expected:
     test: str
     reason: str
     modes: tuple[str, ...] = ("*",)
+    error: str | None = None
 
-    def matches(self, suite: str, mode: str, test_id: str) -> bool:
+    def applies(self, suite: str, mode: str) -> bool:
+        return suite == self.suite and any(fnmatch.fnmatchcase(mode, m) for m in self.modes)
+
+    def matches(self, suite: str, mode: str, test_id: str, detail: str = "") -> bool:
+        """Does this entry excuse ``test_id`` failing in ``mode`` with ``detail``?
+
+        With ``error`` set, the failure's traceback must also match that regular
+        expression: the same test failing for another reason is not excused.
+        """
         return (
-            suite == self.suite
-            and any(fnmatch.fnmatchcase(mode, m) for m in self.modes)
+            self.applies(suite, mode)
             and fnmatch.fnmatchcase(test_id, self.test)
+            and (self.error is None or re.search(self.error, detail) is not None)
         )
 
 
@@ -59,7 +68,7 @@ def load_expected(path: Path = EXPECTED_FILE) -> list[Expected]:
     entries: list[Expected] = []
     for number, raw in enumerate(data.get("expected", []), start=1):
         where = f"{path.name}, entry {number}"
-        extra = set(raw) - {"suite", "test", "reason", "modes"}
+        extra = set(raw) - {"suite", "test", "reason", "modes", "error"}
         if extra:
             raise ValueError(f"{where}: unknown keys {sorted(extra)}")
         suite, test, reason = raw.get("suite"), raw.get("test"), raw.get("reason", "")
@@ -72,7 +81,12 @@ def load_expected(path: Path = EXPECTED_FILE) -> list[Expected]:
         modes = raw.get("modes", ["*"])
         if not isinstance(modes, list) or not modes or not all(isinstance(m, str) for m in modes):
             raise ValueError(f"{where} ({test}): modes must be a non-empty list of mode patterns")
-        entries.append(Expected(suite, test, " ".join(reason.split()), tuple(modes)))
+        error = raw.get("error")
+        if error is not None:
+            if not isinstance(error, str) or not error:
+                raise ValueError(f"{where} ({test}): error must be a regular expression")
+            re.compile(error)
+        entries.append(Expected(suite, test, " ".join(reason.split()), tuple(modes), error))
     return entries
 
 
@@ -130,20 +144,33 @@ def run_path(artifacts: Path, suite: str, mode: str, engine: str) -> Path:
 
 # -- classification ---------------------------------------------------------------------------
 
-_ADDRESS = re.compile(r"0x[0-9a-f]+")
-_EXCEPTION_LINE = re.compile(
-    r"^(E\s+)?([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupted|Failed))\b"
+_VOLATILE = (
+    (re.compile(r"0x[0-9a-f]+"), "0x…"),
+    (re.compile(r"\b[0-9a-f]{32}\b"), "<hex>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?"), "<datetime>"),
 )
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupted|Warning)\b")
 
 
 def essence(detail: str) -> str:
-    """The line of a traceback that says what went wrong (the last exception line)."""
+    """The line of a traceback that says what went wrong, without run-specific values.
+
+    pytest: the first ``E`` line of the last block of them; unittest: the last line that
+    names an exception.
+    """
     lines = [line.rstrip() for line in detail.splitlines() if line.strip()]
-    candidates = [line for line in lines if _EXCEPTION_LINE.match(line.strip())]
-    line = (candidates or lines or ["(no detail)"])[-1].strip()
-    if line.startswith("E "):
-        line = line[1:].strip()
-    return _ADDRESS.sub("0x…", line)[:300]
+    marked = [i for i, line in enumerate(lines) if line.startswith("E ")]
+    if marked:
+        first = marked[-1]
+        while first - 1 in marked:
+            first -= 1
+        line = lines[first][1:].strip()
+    else:
+        candidates = [line.strip() for line in lines if _EXCEPTION_LINE.match(line.strip())]
+        line = (candidates or [line.strip() for line in lines] or ["(no detail)"])[-1]
+    for pattern, replacement in _VOLATILE:
+        line = pattern.sub(replacement, line)
+    return line[:240]
 
 
 @dataclass
@@ -217,11 +244,14 @@ def compare(
         detail = (ours_tests if mine_bad else cache_tests)[test_id].get("detail", "")
         match = None
         if kind in ("engine-only", "unreferenced"):
-            match = next((e for e in expected if e.matches(suite, mode, test_id)), None)
-        result.findings.append(Finding(suite, mode, test_id, kind, mine, theirs, detail, match))
+            match = next((e for e in expected if e.matches(suite, mode, test_id, detail)), None)
+        cache_detail = cache_tests[test_id].get("detail", "") if kind == "both" else ""
+        result.findings.append(
+            Finding(suite, mode, test_id, kind, mine, theirs, detail, match, cache_detail)
+        )
     if ours is not None:
         for entry in expected:
-            if entry.suite != suite or not any(fnmatch.fnmatchcase(mode, m) for m in entry.modes):
+            if not entry.applies(suite, mode):
                 continue
             ran = [t for t in ours_tests if fnmatch.fnmatchcase(t, entry.test)]
             if ran and not any(ours_tests[t]["outcome"] in BAD for t in ran):
