@@ -11,6 +11,12 @@ the two lists in place for ``DRS_PEER_ENGINE=ours`` (our app before
 statements in the module's namespace: every command-line option of ``runtests.py`` works as
 usual. With ``DRS_PEER_ENGINE=cache`` nothing is edited (Django's middleware and the
 ``cache`` engine from the settings). Parallel workers are forked and inherit the edit.
+
+With ``USE_TZ`` on (``DRS_PEER_USE_TZ=1``), the RuntimeWarning "DateTimeField ... received a
+naive datetime" is ignored instead of raised: ``runtests.py`` makes every RuntimeWarning an
+error, and Django's suite, written for ``USE_TZ = False``, creates naive datetimes in many
+fixtures and ``setUpTestData`` methods, which would fail whole test classes (hundreds of
+tests, the same with either engine) before a session is ever used.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -65,6 +72,10 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(path.parent))
     module = load_runtests(path)
     patch_always_lists(module)
+    if drs_peer_common.use_tz(default=False):
+        warnings.filterwarnings(
+            "ignore", message=r".*received a naive datetime", category=RuntimeWarning
+        )
     sys.argv = [str(path), *argv[1:]]
     code = compile(main_block(path), str(path), "exec")
     exec(code, module.__dict__)
