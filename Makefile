@@ -7,6 +7,7 @@
 #   make lint               ruff check, ruff format --check, mypy
 #   make test               lint + pytest (SQLite) + pytest (PostgreSQL, if reachable)
 #                           + Django's own session test suite against our engine
+#                           + the Django 4.2 run + the peer suites (make test-peer)
 #   make test-sqlite        pytest with DRS_TEST_DB=sqlite
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
 #   make test-django-suite  Django's sessions_tests run against our session engine
@@ -138,6 +139,7 @@ test: venv redis chromium
 	fi
 	@$(MAKE) --no-print-directory test-django-suite
 	@$(MAKE) --no-print-directory test-django42
+	@$(MAKE) --no-print-directory test-peer
 
 test-sqlite: venv redis chromium
 	@mkdir -p $(ARTIFACTS)
