@@ -7,11 +7,17 @@
 #   make lint               ruff check, ruff format --check, mypy
 #   make test               lint + pytest (SQLite) + pytest (PostgreSQL, if reachable)
 #                           + Django's own session test suite against our engine
+#                           + the Django 4.2 run + the peer suites (make test-peer)
 #   make test-sqlite        pytest with DRS_TEST_DB=sqlite
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
 #   make test-django-suite  Django's sessions_tests run against our session engine
 #   make test-django42      the suite on Django 4.2 LTS + django-redis 6 (own venv, SQLite)
 #   make django-suite-fetch download Django's sessions_tests for the installed Django version
+#   make test-peer          peer suites: Django's own tests of the session-using apps (SQLite and
+#                           PostgreSQL, USE_TZ off and on) and django-allauth's suite, each with
+#                           our engine and Django's cache engine; fails on an engine-only
+#                           failure not in tests/peer/expected_failures.toml (own venv)
+#   make peer-fetch         download those suites (Django's and allauth's sdists) into .cache/
 #   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
 #                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
 #   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
@@ -24,6 +30,7 @@
 # Extra pytest arguments: make test-sqlite PYTEST_ARGS="-k breaker -x"
 # Extra chaos/fuzz arguments: make chaos CHAOS_ARGS="--users 20 --faults kill,hang"
 # Extra benchmark arguments: make bench BENCH_ARGS="--sections ops --cheap-reps 2000"
+# Extra peer arguments: make test-peer PEER_ARGS="--suite django --mode sqlite-tz --apps core"
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,6 +41,7 @@ PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 FUZZ_ARGS ?=
 BENCH_ARGS ?=
+PEER_ARGS ?=
 
 DRS_TEST_PG_HOST ?= 127.0.0.1
 DRS_TEST_PG_PORT ?= 5432
@@ -53,7 +61,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 	fi
 
 .PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
-	django-suite-fetch test-django42 bench bench-smoke wrk chaos fuzz clean
+	django-suite-fetch test-django42 peer-fetch test-peer bench bench-smoke wrk chaos fuzz clean
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -131,6 +139,7 @@ test: venv redis chromium
 	fi
 	@$(MAKE) --no-print-directory test-django-suite
 	@$(MAKE) --no-print-directory test-django42
+	@$(MAKE) --no-print-directory test-peer
 
 test-sqlite: venv redis chromium
 	@mkdir -p $(ARTIFACTS)
@@ -168,6 +177,28 @@ test-django42: $(STAMP42) redis
 		--ignore=tests/e2e --ignore=tests/test_multiworker.py --ignore=tests/test_chaos_short.py \
 		--ignore=tests/test_bench_smoke.py --junitxml=$(ARTIFACTS)/junit-django42.xml $(PYTEST_ARGS)
 
+# The peer suites (tests/peer/) in a venv of their own: the main venv's exact versions
+# (pip freeze as constraints, so Django is the installed one) plus the suites' test
+# requirements (tests/peer/requirements.txt). Their sources come from PyPI sdists.
+VENV_PEER ?= .venv-peer
+STAMP_PEER := $(VENV_PEER)/.drs-installed
+
+$(STAMP_PEER): pyproject.toml tests/peer/requirements.txt $(STAMP)
+	@test -x $(VENV_PEER)/bin/python || $(PYTHON) -m venv $(VENV_PEER)
+	$(VENV_PEER)/bin/python -m pip install --upgrade pip
+	$(BIN)/python -m pip freeze --exclude-editable > $(VENV_PEER)/constraints.txt
+	$(VENV_PEER)/bin/python -m pip install -c $(VENV_PEER)/constraints.txt -e . \
+		-r tests/peer/requirements.txt
+	@touch $@
+
+peer-fetch: $(STAMP_PEER)
+	$(VENV_PEER)/bin/python -m tests.peer.fetch
+
+# Exits 1 when a test fails only with our engine and is not an expected failure (by design),
+# or when a run did not complete. Results: $(ARTIFACTS)/peer/ (report.md, summary.json).
+test-peer: $(STAMP_PEER) redis peer-fetch
+	$(VENV_PEER)/bin/python -m tests.peer --artifacts $(ARTIFACTS)/peer $(PEER_ARGS)
+
 # Installs Debian's wrk when missing and we are root with apt-get; otherwise the benchmarks
 # fall back to their own (slower) Python load generator.
 wrk:
@@ -202,6 +233,6 @@ fuzz: venv redis
 	$(BIN)/python -m chaos fuzz --db auto $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV42) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
+	rm -rf $(VENV) $(VENV42) $(VENV_PEER) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
 		$(ARTIFACTS) .cache example_project/demo.sqlite3
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

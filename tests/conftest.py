@@ -22,6 +22,8 @@ from tests.redis_server import RedisServer, django_cache_pointing_at, forget_dja
 
 DJANGO_SUITE_SETTINGS = "tests.django_suite.settings"
 _DJANGO_SUITE_DIR = Path(__file__).resolve().parent / "django_suite"
+# The peer suites' harness (make test-peer): modules run in other processes, never tests here.
+_PEER_DIR = Path(__file__).resolve().parent / "peer"
 
 # Redis round trips make example timings noisy, and the per-test fixtures (flush, breaker
 # reset) are intentionally per test rather than per example.
@@ -41,11 +43,15 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_p
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Keep Django's own session tests out of the main run.
+    """Keep Django's own session tests and the peer suites' harness out of the main run.
 
-    They need ``tests.django_suite.settings`` (see ``make test-django-suite``), which
-    pytest-django exports as DJANGO_SETTINGS_MODULE before collection starts.
+    Django's session tests need ``tests.django_suite.settings`` (see ``make
+    test-django-suite``), which pytest-django exports as DJANGO_SETTINGS_MODULE before
+    collection starts. ``tests/peer/`` holds the harness of ``make test-peer`` (settings
+    modules and runners for other projects' suites), tested by ``tests/test_peer_harness.py``.
     """
+    if collection_path.resolve() == _PEER_DIR:
+        return True
     if (
         collection_path.resolve() == _DJANGO_SUITE_DIR
         and os.environ.get("DJANGO_SETTINGS_MODULE") != DJANGO_SUITE_SETTINGS

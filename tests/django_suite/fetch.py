@@ -1,8 +1,9 @@
 """Fetch Django's own session tests (``tests/sessions_tests``) for the installed Django.
 
 Django's wheels do not contain its test suite, but the source distribution on PyPI does.
-This downloads the sdist matching the installed Django version with ``pip download`` and
-extracts only ``tests/sessions_tests/`` to::
+This downloads the sdist matching the installed Django version with ``pip download`` (kept
+in ``.cache/sdists/`` and shared with ``tests/peer/fetch.py``) and extracts only
+``tests/sessions_tests/`` to::
 
     .cache/django-tests/<django version>/sessions_tests/
 
@@ -16,12 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from importlib.metadata import version as distribution_version
 from pathlib import Path, PurePosixPath
+
+from tests.peer.fetch import sdist_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "sessions_tests"
@@ -43,28 +44,6 @@ def suite_root(django_version: str | None = None) -> Path:
 
 def is_fetched(django_version: str | None = None) -> bool:
     return (suite_root(django_version) / PACKAGE / "tests.py").is_file()
-
-
-def _download_sdist(django_version: str, dest: Path) -> Path:
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--disable-pip-version-check",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--dest",
-        str(dest),
-        f"django=={django_version}",
-    ]
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    archives = sorted(dest.glob("*.tar.gz"))
-    if len(archives) != 1:
-        raise SystemExit(f"expected one Django sdist in {dest}, found {archives}")
-    return archives[0]
 
 
 def _extract_sessions_tests(archive: Path, target: Path) -> int:
@@ -97,19 +76,18 @@ def fetch(django_version: str | None = None, *, force: bool = False) -> Path:
         print(f"Django {django_version} sessions_tests already present in {root}")
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="drs-django-sdist-") as tmp:
-        archive = _download_sdist(django_version, Path(tmp) / "download")
-        staging = Path(tempfile.mkdtemp(prefix=f".{django_version}-", dir=root.parent))
-        try:
-            if _extract_sessions_tests(archive, staging) == 0:
-                raise SystemExit(f"{archive.name} contains no tests/{PACKAGE}/")
-            if not (staging / PACKAGE / "tests.py").is_file():
-                raise SystemExit(f"{archive.name} has no tests/{PACKAGE}/tests.py")
-            if root.exists():
-                shutil.rmtree(root)
-            staging.rename(root)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    archive = sdist_archive("django", django_version)
+    staging = Path(tempfile.mkdtemp(prefix=f".{django_version}-", dir=root.parent))
+    try:
+        if _extract_sessions_tests(archive, staging) == 0:
+            raise SystemExit(f"{archive.name} contains no tests/{PACKAGE}/")
+        if not (staging / PACKAGE / "tests.py").is_file():
+            raise SystemExit(f"{archive.name} has no tests/{PACKAGE}/tests.py")
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"Extracted Django {django_version} tests/{PACKAGE} into {root}")
     return root
 

@@ -1,0 +1,3 @@
+from tests.peer.cli import main
+
+raise SystemExit(main())
