@@ -6,12 +6,14 @@ ID                                          problem
 ``django_resilient_sessions.E001``          ``RESILIENT_SESSIONS`` is not a dict
 ``django_resilient_sessions.E002``          unknown key in ``RESILIENT_SESSIONS``
 ``django_resilient_sessions.E003``          bad value for a key
-``django_resilient_sessions.E004``          engine is ours, our middleware is missing
+``django_resilient_sessions.E004``          engine is ours, our middleware (or subclass) missing
 ``django_resilient_sessions.E005``          Django's ``SessionMiddleware`` is installed beside ours
 ``django_resilient_sessions.E006``          ``SESSION_CACHE_ALIAS`` is not in ``CACHES``
-``django_resilient_sessions.E007``          that cache is not django-redis
+``django_resilient_sessions.E007``          that cache is not django-redis or Django RedisCache
 ``django_resilient_sessions.E008``          ``IGNORE_EXCEPTIONS`` is on for it
 ``django_resilient_sessions.E009``          backup cookie name clashes with another cookie
+``django_resilient_sessions.E010``          our middleware comes after one that reads the session
+``django_resilient_sessions.E011``          the ledger is routed to another database than the users
 ``django_resilient_sessions.W001``          no socket timeouts on the session cache
 ``django_resilient_sessions.W002``          our middleware without our engine
 ``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
@@ -154,13 +156,35 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+def _class(path: str) -> type | None:
+    try:
+        found = import_string(path)
+    # A wrong dotted path raises ImportError; a broken module may raise anything.
+    except Exception:
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _is(path: str, base: str) -> bool:
+    """Is the middleware at ``path`` the class at ``base``, or a subclass of it?"""
+    cls, parent = _class(path), _class(base)
+    return cls is not None and parent is not None and issubclass(cls, parent)
+
+
+#: Middleware that reads ``request.session``: ours must run before it.
+SESSION_READERS = (
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+)
+
+
 @register()
 def check_wiring(**kwargs: Any) -> list[CheckMessage]:
     middleware = list(settings.MIDDLEWARE)
     ours_engine = settings.SESSION_ENGINE == ENGINE
-    ours_middleware = MIDDLEWARE in middleware
+    position = next((i for i, path in enumerate(middleware) if _is(path, MIDDLEWARE)), None)
     errors: list[CheckMessage] = []
-    if ours_engine and not ours_middleware:
+    if ours_engine and position is None:
         errors.append(
             Error(
                 "SESSION_ENGINE is the resilient engine but its middleware is not installed: "
@@ -169,7 +193,9 @@ def check_wiring(**kwargs: Any) -> list[CheckMessage]:
                 id=ID + "E004",
             )
         )
-    if ours_middleware and DJANGO_MIDDLEWARE in middleware:
+    if position is not None and any(
+        _is(path, DJANGO_MIDDLEWARE) and not _is(path, MIDDLEWARE) for path in middleware
+    ):
         errors.append(
             Error(
                 "Both Django's SessionMiddleware and the resilient one are installed.",
@@ -177,7 +203,18 @@ def check_wiring(**kwargs: Any) -> list[CheckMessage]:
                 id=ID + "E005",
             )
         )
-    if ours_middleware and not ours_engine:
+    if position is not None:
+        for i, path in enumerate(middleware[:position]):
+            if any(_is(path, reader) for reader in SESSION_READERS):
+                errors.append(
+                    Error(
+                        f"{path!r} comes before the resilient SessionMiddleware in MIDDLEWARE, "
+                        "but it reads request.session, which that middleware sets.",
+                        hint=f"Move {middleware[position]!r} above position {i}.",
+                        id=ID + "E010",
+                    )
+                )
+    if position is not None and not ours_engine:
         errors.append(
             Warning(
                 "The resilient SessionMiddleware is installed but SESSION_ENGINE is "
@@ -188,7 +225,30 @@ def check_wiring(**kwargs: Any) -> list[CheckMessage]:
         )
     if ours_engine:
         errors.extend(_check_cache())
+        errors.extend(_check_routing())
     return errors
+
+
+def _check_routing() -> list[CheckMessage]:
+    from django.contrib.auth import get_user_model
+    from django.db import router
+
+    from .models import UserSession
+
+    user = get_user_model()
+    ledger, users = router.db_for_write(UserSession), router.db_for_write(user)
+    if ledger == users and router.allow_migrate_model(ledger, UserSession):
+        return []
+    return [
+        Error(
+            f"The UserSession ledger is routed to the database {ledger!r}, the user model "
+            f"{user._meta.label} to {users!r}: its rows reference the users, so logins "
+            "would fail.",
+            hint="Route the django_resilient_sessions app with the user model (db_for_read, "
+            "db_for_write and allow_migrate), as for django.contrib.sessions.",
+            id=ID + "E011",
+        )
+    ]
 
 
 def _check_cache() -> list[CheckMessage]:
@@ -198,23 +258,19 @@ def _check_cache() -> list[CheckMessage]:
         return [
             Error(
                 f"SESSION_CACHE_ALIAS {alias!r} is not in CACHES.",
-                hint="Add a django-redis cache under that alias.",
+                hint="Add a django-redis cache (or Django's RedisCache) under that alias.",
                 id=ID + "E006",
             )
         ]
-    try:
-        from django_redis.cache import RedisCache
-
-        backend = import_string(config.get("BACKEND", ""))
-        is_redis = isinstance(backend, type) and issubclass(backend, RedisCache)
-    # A wrong dotted path raises ImportError; a broken module may raise anything.
-    except Exception:
-        is_redis = False
-    if not is_redis:
+    backend = config.get("BACKEND", "")
+    django_redis = _is(backend, "django_redis.cache.RedisCache")
+    builtin = _is(backend, "django.core.cache.backends.redis.RedisCache")
+    if not (django_redis or builtin):
         return [
             Error(
-                f"The session cache {alias!r} is {config.get('BACKEND')!r}, not django-redis.",
-                hint="Use BACKEND 'django_redis.cache.RedisCache' for the session cache.",
+                f"The session cache {alias!r} is {backend!r}, not a Redis cache.",
+                hint="Use 'django_redis.cache.RedisCache' or "
+                "'django.core.cache.backends.redis.RedisCache' for the session cache.",
                 id=ID + "E007",
             )
         ]
@@ -223,7 +279,7 @@ def _check_cache() -> list[CheckMessage]:
     ignore = options.get(
         "IGNORE_EXCEPTIONS", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)
     )
-    if ignore:
+    if django_redis and ignore:
         errors.append(
             Error(
                 f"IGNORE_EXCEPTIONS is on for the session cache {alias!r}: outages look like "
@@ -232,13 +288,16 @@ def _check_cache() -> list[CheckMessage]:
                 id=ID + "E008",
             )
         )
-    missing = [k for k in ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT") if not options.get(k)]
+    names = ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT")
+    if builtin:
+        names = ("socket_timeout", "socket_connect_timeout")  # redis-py's own keywords
+    missing = [k for k in names if not options.get(k)]
     if missing:
         errors.append(
             Warning(
                 f"The session cache {alias!r} has no {' or '.join(missing)}: a hung Redis "
                 "makes the probe request wait for the operating system's timeout.",
-                hint="Set OPTIONS SOCKET_TIMEOUT and SOCKET_CONNECT_TIMEOUT, e.g. 0.25 seconds.",
+                hint=f"Set OPTIONS {' and '.join(names)}, e.g. 0.25 seconds.",
                 id=ID + "W001",
             )
         )

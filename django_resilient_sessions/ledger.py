@@ -36,6 +36,7 @@ __all__ = [
     "batches",
     "cleanup_window",
     "end_rows",
+    "is_active",
     "live_hashes",
     "queue",
     "queue_exists",
@@ -45,6 +46,7 @@ __all__ = [
     "row_state",
     "start",
     "touch",
+    "tracks",
     "unqueue",
     "when",
 ]
@@ -88,6 +90,12 @@ def when(timestamp: float) -> datetime:
 def batches(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def tracks(user: Any) -> bool:
+    """Can a ``UserSession`` row reference ``user`` (an instance of its foreign key's model)?"""
+    model = UserSession._meta.get_field("user").related_model
+    return isinstance(model, type) and isinstance(user, model)
 
 
 def _user_pk(user_id: Any) -> Any:
@@ -217,6 +225,12 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
     if not active or str(owner) != str(user_id):
         return Row.ENDED, served
     return (Row.AHEAD if version < served else Row.ACTIVE), served
+
+
+@_guarded
+def is_active(key_hash: str) -> bool:
+    """Does this session hold an active login?"""
+    return bool(UserSession.objects.filter(active_q(), key_hash=key_hash).exists())
 
 
 @_guarded

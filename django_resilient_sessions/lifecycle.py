@@ -70,7 +70,7 @@ def on_user_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> No
     if record is None:
         return
     try:
-        record()
+        record(user)
     except (LedgerUnavailable, SessionLimitExceeded):
         if hasattr(request, "user"):
             request.user = AnonymousUser()

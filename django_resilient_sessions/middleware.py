@@ -30,6 +30,7 @@ from django.utils.translation import gettext as _
 from . import client, cookies
 from .backends.resilient import SessionStore as ResilientStore
 from .exceptions import LedgerUnavailable, SessionLimitExceeded
+from .redisclient import RedisAccess
 
 __all__ = ["SessionMiddleware"]
 
@@ -68,6 +69,13 @@ def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
 
 
 class SessionMiddleware(DjangoSessionMiddleware):
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        if issubclass(self.SessionStore, ResilientStore):
+            # Where checks do not run (gunicorn, uvicorn), an unsupported session
+            # cache fails here, at start-up, with ImproperlyConfigured: not at login.
+            RedisAccess(settings.SESSION_CACHE_ALIAS)
+
     def process_request(self, request: HttpRequest) -> None:
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         if issubclass(self.SessionStore, ResilientStore):

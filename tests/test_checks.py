@@ -1,6 +1,6 @@
 """System checks of django_resilient_sessions.checks, one by one, by exact ID.
 
-Every check ID of the package (E001-E009, W001-W005) is triggered through
+Every check ID of the package (E001-E011, W001-W005) is triggered through
 ``override_settings`` and found with ``django.core.checks.run_checks()`` (with
 ``include_deployment_checks=True`` for the deploy-only ones); valid settings and the
 suite's own settings produce none of them, and ``manage.py check`` (``call_command``)
@@ -262,6 +262,33 @@ def test_e005_both_middlewares() -> None:
     assert isinstance(messages[0], Error)
 
 
+def test_a_subclass_of_our_middleware_is_our_middleware() -> None:
+    subclass = "tests.testapp.wiring.SiteSessionMiddleware"
+    replaced = [subclass if m == OUR_MIDDLEWARE else m for m in settings.MIDDLEWARE]
+    with override_settings(MIDDLEWARE=replaced):
+        assert ours() == []
+
+
+def test_e010_our_middleware_after_authentication() -> None:
+    auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
+    moved = [m for m in settings.MIDDLEWARE if m != OUR_MIDDLEWARE]
+    moved.insert(moved.index(auth) + 1, OUR_MIDDLEWARE)
+    with override_settings(MIDDLEWARE=moved):
+        messages = ours()
+    assert ids(messages) == [PREFIX + "E010"]
+    assert auth in messages[0].msg
+
+
+def test_e011_ledger_routed_away_from_the_users() -> None:
+    # (The routers only name an "other" database; the check opens no connection.)
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.LedgerElsewhereRouter"]):
+        messages = ours()
+    assert ids(messages) == [PREFIX + "E011"]
+    assert "auth.User" in messages[0].msg
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.LedgerWithUsersRouter"]):
+        assert ours() == []
+
+
 def test_w002_our_middleware_with_django_db_engine() -> None:
     with override_settings(SESSION_ENGINE=DB_ENGINE):
         messages = ours()
@@ -318,6 +345,17 @@ def test_e007_backend_that_does_not_import() -> None:
     with override_settings(CACHES=default_cache(BACKEND="no_such_package.cache.RedisCache")):
         messages = checks.check_wiring()
     assert ids(messages) == [PREFIX + "E007"]
+
+
+def test_djangos_own_redis_cache_is_supported() -> None:
+    builtin = "django.core.cache.backends.redis.RedisCache"
+    options = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
+    with override_settings(CACHES=default_cache(BACKEND=builtin, OPTIONS=options)):
+        assert ours() == []
+    with override_settings(CACHES=default_cache(BACKEND=builtin, OPTIONS={})):
+        messages = ours()
+    assert ids(messages) == [PREFIX + "W001"]
+    assert "socket_timeout" in messages[0].msg  # redis-py's keyword, as that backend takes
 
 
 def test_e008_ignore_exceptions_in_options() -> None:

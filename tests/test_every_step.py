@@ -51,12 +51,20 @@ class World:
     stolen: dict[str, str] = field(default_factory=dict)
 
 
-@pytest.fixture
-def world(redis_server: RedisServer) -> Iterator[World]:
-    caches = {
-        name: {**conf, "OPTIONS": {**conf.get("OPTIONS", {}), **TIMEOUTS}}
-        for name, conf in settings.CACHES.items()
-    }
+BACKENDS = {
+    # django-redis, and Django's own RedisCache (redis-py's option names).
+    "django-redis": ("django_redis.cache.RedisCache", TIMEOUTS),
+    "django": (
+        "django.core.cache.backends.redis.RedisCache",
+        {"socket_timeout": 0.1, "socket_connect_timeout": 0.1},
+    ),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def world(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[World]:
+    backend, timeouts = BACKENDS[request.param]
+    caches = {"default": {"BACKEND": backend, "LOCATION": redis_server.url, "OPTIONS": timeouts}}
     with (
         override_settings(CACHES=caches, RESILIENT_SESSIONS=OPTIONS),
         proxied_cache(redis_server) as proxy,

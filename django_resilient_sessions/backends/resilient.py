@@ -28,7 +28,18 @@ from django.contrib.sessions.backends.base import (
 )
 from django.utils.crypto import get_random_string
 
-from .. import codec, cookies, health, ledger, lifecycle, purges, signals, tracking, trust
+from .. import (  # _installed first: a clear error when the app is not installed
+    _installed,  # noqa: F401
+    codec,
+    cookies,
+    health,
+    ledger,
+    lifecycle,
+    purges,
+    signals,
+    tracking,
+    trust,
+)
 from ..breaker import CLOSED
 from ..cachecopy import CacheRead, Entry, SessionCache, hash_key
 from ..client import ClientInfo
@@ -87,6 +98,39 @@ class SessionStore(SessionBase):
     @property
     def key_hash(self) -> str:
         return hash_key(self.session_key) if self.session_key else ""
+
+    # Values: what cannot be kept is refused where it is set -----------------
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check_storable({key: value})
+        super().__setitem__(key, value)
+
+    async def aset(self, key: str, value: Any) -> None:
+        self._check_storable({key: value})
+        await super().aset(key, value)
+
+    def update(self, dict_: Any) -> None:  # type: ignore[override]  # as SessionBase
+        self._check_storable(dict(dict_))
+        super().update(dict_)
+
+    async def aupdate(self, dict_: Any) -> None:
+        self._check_storable(dict(dict_))
+        await super().aupdate(dict_)
+
+    def _check_storable(self, values: dict[str, Any]) -> None:
+        """Both copies go through ``SESSION_SERIALIZER``, so a view sees the same
+        values whichever served it; a value it cannot take fails here, not later."""
+        try:
+            self.serializer().dumps(values)
+        # Serializers raise TypeError, ValueError (circular), OverflowError...:
+        # whatever it is, the value cannot be kept, and the view is told now.
+        except Exception as error:
+            names = ", ".join(repr(k) for k in values)
+            raise TypeError(
+                f"Session value for {names} cannot be stored: {settings.SESSION_SERIALIZER} "
+                f"cannot serialize it ({error}). Store JSON types (str, int, float, bool, "
+                "None, list, dict with str keys), or set SESSION_SERIALIZER."
+            ) from error
 
     def _get_new_session_key(self) -> str:
         # No exists() round trip: SET NX in create() detects a collision.
@@ -267,21 +311,32 @@ class SessionStore(SessionBase):
 
     # Logins ----------------------------------------------------------------
 
-    def record_login(self) -> None:
+    def record_login(self, user: Any = None) -> None:
         """Record the login ``django.contrib.auth.login()`` just put in the session.
 
         Called from the ``user_logged_in`` signal.  If the ledger cannot take
         it, the login is taken out of the session and ``LedgerUnavailable`` (or
         ``SessionLimitExceeded``) is raised: a login that cannot be recorded is
-        not a login.
+        not a login.  A user of another model than the ledger's (a custom
+        authentication backend's) is not tracked: served from Redis, never
+        from a backup.
         """
         data = self._session  # type: ignore[attr-defined]
-        user = data.get(SESSION_KEY)
-        if user is None:
+        user_id = data.get(SESSION_KEY)
+        if user_id is None:
             return
         self._get_or_create_session_key()  # type: ignore[attr-defined]
         now = time.time()
-        self._start(data, user, now, now + self.get_expiry_age())
+        expires_at = now + self.get_expiry_age()
+        if user is not None and not ledger.tracks(user):
+            logger.warning(
+                "Login of a %s, which the ledger does not track: it is not kept through outages.",
+                type(user).__name__,
+            )
+            lifecycle.stamp(data, now, expires_at, login=True)
+            self._user = str(user_id)
+            return
+        self._start(data, user_id, now, expires_at)
 
     def _start(self, data: dict[str, Any], user: Any, now: float, expires_at: float) -> None:
         try:
@@ -369,6 +424,8 @@ class SessionStore(SessionBase):
 
     def _save(self, *, must_create: bool, record: bool) -> None:
         data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
+        if self.session_key is None:
+            raise UpdateError  # the load found no such session: nothing to update (as Django)
         key_hash = self.key_hash
         version = self._version + 1
         now = time.time()
@@ -474,10 +531,17 @@ class SessionStore(SessionBase):
     def exists(self, session_key: str) -> bool:
         if not session_key:
             return False
+        key_hash = hash_key(session_key)
         try:
-            return self._cache.exists(hash_key(session_key))
+            return self._cache.exists(key_hash)
         except CacheUnavailable:
             self.degraded = True
+        # Redis cannot say: a login whose row is active exists (django-allauth
+        # prunes its list of sessions on exists(), and its token clients would
+        # be told their session is gone).  The ledger cannot say either: no.
+        try:
+            return ledger.is_active(key_hash)
+        except LedgerUnavailable:
             return False
 
     def _login(self) -> str | None:
