@@ -11,6 +11,9 @@ urlpatterns = [
     path("get/", views.session_get, name="session-get"),
     path("expiry/", views.session_expiry, name="session-expiry"),
     path("flush/", views.session_flush, name="session-flush"),
+    path("read-then-end-elsewhere/", views.read_then_end_elsewhere),
+    path("set-typed/", views.set_typed),
+    path("typed/", views.typed),
     path("admin/", admin.site.urls),
     path("account/sessions/", include("django_resilient_sessions.urls")),
 ]

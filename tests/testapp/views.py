@@ -86,3 +86,41 @@ def session_flush(request: HttpRequest) -> JsonResponse:
     """``flush()`` the session (what logout does, for an anonymous visitor too)."""
     request.session.flush()
     return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+@require_GET
+def read_then_end_elsewhere(request: HttpRequest) -> JsonResponse:
+    """Read the session, then log it out "in another tab" (another store, same key)."""
+    from django.contrib.sessions.backends.base import SessionBase
+    from django.utils.module_loading import import_string
+
+    user = request.session.get("_auth_user_id")
+    engine = import_string(request.session.__module__ + ".SessionStore")
+    other: SessionBase = engine(request.session.session_key)
+    other.flush()
+    return JsonResponse({"user_before": user})
+
+
+TYPED = {"pair": (1, 2), "count": 3, "by_id": {7: "seven"}}
+
+
+@csrf_exempt
+@require_POST
+def set_typed(request: HttpRequest) -> JsonResponse:
+    for key, value in TYPED.items():
+        request.session[key] = value
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+@require_GET
+def typed(request: HttpRequest) -> JsonResponse:
+    """The Python types the view sees for the values ``set_typed`` stored."""
+    by_id = request.session.get("by_id", {})
+    types = {
+        "pair": type(request.session.get("pair")).__name__,
+        "count": type(request.session.get("count")).__name__,
+        "keys": type(next(iter(by_id), None)).__name__,
+    }
+    return JsonResponse({"types": types, "pair": request.session.get("pair")})
