@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,8 +35,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from . import conf as conf_module
 from . import health, signals
-from .breaker import CLOSED, get_breaker
+from .breaker import CLOSED, CircuitBreaker, get_breaker
 from .conf import conf
 from .exceptions import CacheUnavailable
 from .redisclient import RedisAccess
@@ -98,8 +100,10 @@ class Entry:
     #: Fingerprint of the backup token saved along with this copy (b"": none).
     tag: bytes = b""
 
-    def dump(self, serializer: Any) -> bytes:
-        payload: bytes = serializer().dumps(self.data)
+    def dump(self, serializer: Any, payload: bytes | None = None) -> bytes:
+        """The value stored in Redis (``payload``: ``data`` already serialized)."""
+        if payload is None:
+            payload = serializer().dumps(self.data)
         return _HEADER.pack(_FORMAT, self.version, self.tag) + payload
 
     @classmethod
@@ -122,11 +126,16 @@ class CacheRead:
 
     state: Cache
     entry: Entry | None = None
-    #: SHA-1 of the raw value read ("" if none), so a write-back replaces only it.
-    sha: str = ""
+    raw: bytes | None = None
+
+    @property
+    def sha(self) -> str:
+        """SHA-1 of the raw value read ("" if none), so a write-back replaces only it."""
+        return hashlib.sha1(self.raw).hexdigest() if self.raw is not None else ""
 
 
 _gate: Callable[[SessionCache], bool] | None = None
+_made = threading.local()
 
 
 def set_gate(gate: Callable[[SessionCache], bool] | None) -> None:
@@ -136,13 +145,36 @@ def set_gate(gate: Callable[[SessionCache], bool] | None) -> None:
 
 
 class SessionCache:
-    """The session alias of ``CACHES``, seen as a store of :class:`Entry`."""
+    """The session alias of ``CACHES``, seen as a store of :class:`Entry`.
 
-    def __init__(self, alias: str | None = None, serializer: Any = None) -> None:
+    Made once per cache backend object (Django makes those per thread) and kept
+    on it: see :meth:`of`.
+    """
+
+    def __init__(
+        self, alias: str | None = None, serializer: Any = None, backend: Any = None
+    ) -> None:
         self.alias = alias or settings.SESSION_CACHE_ALIAS
-        self.redis = RedisAccess(self.alias)
-        self.breaker = get_breaker(self.alias)
+        self.redis = RedisAccess(self.alias, backend)
         self.serializer = serializer or import_string(settings.SESSION_SERIALIZER)
+
+    @classmethod
+    def of(cls, alias: str, serializer: Any) -> SessionCache:
+        """The alias's SessionCache for this thread, made once per settings generation."""
+        made: dict[str, tuple[int, SessionCache]] = _made.__dict__.setdefault("by_alias", {})
+        found = made.get(alias)
+        if (
+            found is None
+            or found[0] != conf_module.generation
+            or found[1].serializer is not serializer
+        ):
+            found = (conf_module.generation, cls(alias, serializer))
+            made[alias] = found
+        return found[1]
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return get_breaker(self.alias)
 
     def entry_key(self, key_hash: str) -> str:
         return self.redis.key(conf.CACHE_KEY_PREFIX + key_hash)
@@ -207,31 +239,34 @@ class SessionCache:
         if raw == TOMBSTONE:
             return CacheRead(Cache.TOMBSTONED)
         entry = Entry.load(raw, self.serializer)
-        sha = hashlib.sha1(raw).hexdigest()
         if entry is None:
             # Not written by this engine (another format, an older release):
             # a miss, but one a write-back may replace (it knows the SHA-1).
             logger.warning("Unreadable session cache entry %s treated as missing.", key_hash[:12])
             health.count("cache_misses")
-            return CacheRead(Cache.ABSENT, sha=sha)
+            return CacheRead(Cache.ABSENT, raw=raw)
         health.count("cache_hits")
-        return CacheRead(Cache.PRESENT, entry, sha)
+        return CacheRead(Cache.PRESENT, entry, raw)
 
-    def create(self, key_hash: str, entry: Entry, ttl: int) -> bool:
+    def create(self, key_hash: str, entry: Entry, ttl: int, payload: bytes | None = None) -> bool:
         """``SET NX``: ``False`` if the key is taken."""
-        value = entry.dump(self.serializer)
+        value = entry.dump(self.serializer, payload)
         key = self.entry_key(key_hash)
         return bool(self._call(lambda client: client.set(key, value, px=_ms(ttl), nx=True)))
 
-    def update(self, key_hash: str, entry: Entry, ttl: int) -> bool | None:
+    def update(
+        self, key_hash: str, entry: Entry, ttl: int, payload: bytes | None = None
+    ) -> bool | None:
         """Replace the copy: ``False`` if it is gone, ``None`` if the session ended."""
-        value = entry.dump(self.serializer)
+        value = entry.dump(self.serializer, payload)
         key = self.entry_key(key_hash)
         args = (value, _ms(ttl), TOMBSTONE)
         done = int(self._call(lambda client: client.eval(UPDATE, 1, key, *args)))
         return None if done < 0 else bool(done)
 
-    def write_back(self, key_hash: str, entry: Entry, ttl: int, expected: str) -> CacheRead | None:
+    def write_back(
+        self, key_hash: str, entry: Entry, ttl: int, expected: str, payload: bytes | None = None
+    ) -> CacheRead | None:
         """Put ``entry`` back, atomically refusing when the session ended.
 
         ``expected`` is the SHA-1 of the copy that was read ("" for none): a
@@ -240,7 +275,7 @@ class SessionCache:
         it is unreadable).
         """
         key = self.entry_key(key_hash)
-        args = (entry.dump(self.serializer), _ms(ttl), expected, TOMBSTONE)
+        args = (entry.dump(self.serializer, payload), _ms(ttl), expected, TOMBSTONE)
         reply = self._call(lambda client: client.eval(WRITE_BACK, 1, key, *args))
         if reply[0] == WRITTEN:
             return None

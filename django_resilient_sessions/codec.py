@@ -97,9 +97,14 @@ def _secrets() -> list[str]:
     return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
 
 
-def seal(backup: Backup, session_key: str, serializer: Any) -> str:
-    """Encrypt ``backup`` for ``session_key`` and return the token string."""
-    payload = serializer().dumps(backup.data)
+def seal(backup: Backup, session_key: str, serializer: Any, payload: bytes | None = None) -> str:
+    """Encrypt ``backup`` for ``session_key`` and return the token string.
+
+    ``payload``: ``backup.data`` already serialized (the engine serializes once for
+    both copies).
+    """
+    if payload is None:
+        payload = serializer().dumps(backup.data)
     if len(payload) > MAX_PLAINTEXT:
         raise ValueError("session too large for a backup")
     flags = FLAG_PARTIAL if backup.partial else 0

@@ -82,6 +82,11 @@ class Settings:
         return options.get(name, DEFAULTS[name])
 
     @cached_property
+    def derived(self) -> dict[str, Any]:
+        """Values other modules compute from settings, forgotten with them."""
+        return {}
+
+    @cached_property
     def BACKUP_COOKIE_NAME(self) -> str:
         return str(self._get("BACKUP_COOKIE_NAME"))
 
@@ -167,8 +172,16 @@ class Settings:
 conf = Settings()
 
 
+#: Bumped whenever a setting the engine derives objects from changes (tests'
+#: ``override_settings``): what was made from the old values is made again.
+generation = 0
+
+
 @receiver(setting_changed)
 def reload(*, setting: str, **kwargs: Any) -> None:
-    """Forget cached values when ``RESILIENT_SESSIONS`` or a cookie setting changes."""
-    if setting == "RESILIENT_SESSIONS" or setting.startswith("SESSION_COOKIE_"):
+    """Forget cached values when ``RESILIENT_SESSIONS`` or a cookie/cache setting changes."""
+    global generation
+    if setting == "RESILIENT_SESSIONS" or setting.startswith("SESSION_"):
         conf.__dict__.clear()
+    if setting in ("CACHES", "SESSION_CACHE_ALIAS", "SESSION_SERIALIZER", "SECRET_KEY"):
+        generation += 1

@@ -61,13 +61,17 @@ def _overhead(name: str, path: str, domain: str | None, samesite: str | None) ->
 
 def chunk_capacity() -> list[int]:
     """Characters of token each backup cookie may carry."""
-    limit = conf.BACKUP_COOKIE_MAX_BYTES
-    attrs = (
-        settings.SESSION_COOKIE_PATH,
-        settings.SESSION_COOKIE_DOMAIN,
-        settings.SESSION_COOKIE_SAMESITE,
-    )
-    return [max(limit - _overhead(name, *attrs), 0) for name in chunk_names()]
+    found: list[int] | None = conf.derived.get("capacity")
+    if found is None:
+        limit = conf.BACKUP_COOKIE_MAX_BYTES
+        attrs = (
+            settings.SESSION_COOKIE_PATH,
+            settings.SESSION_COOKIE_DOMAIN,
+            settings.SESSION_COOKIE_SAMESITE,
+        )
+        found = [max(limit - _overhead(name, *attrs), 0) for name in chunk_names()]
+        conf.derived["capacity"] = found
+    return found
 
 
 def max_token_chars() -> int:
@@ -97,10 +101,15 @@ def read_token(cookies: Mapping[str, str]) -> str | None:
     return "".join(parts) or None
 
 
-def seal_within_budget(backup: codec.Backup, session_key: str, serializer: Any) -> Sealed | None:
-    """Seal ``backup`` so that it fits the cookie budget, partially if it must."""
+def seal_within_budget(
+    backup: codec.Backup, session_key: str, serializer: Any, payload: bytes | None = None
+) -> Sealed | None:
+    """Seal ``backup`` so that it fits the cookie budget, partially if it must.
+
+    ``payload``: ``backup.data`` already serialized, if the caller has it.
+    """
     budget = max_token_chars()
-    token = _try_seal(backup, session_key, serializer, budget)
+    token = _try_seal(backup, session_key, serializer, budget, payload)
     if token is not None:
         return Sealed(token, backup.partial, [])
     essential = set(conf.ESSENTIAL_KEYS)
@@ -121,9 +130,15 @@ def seal_within_budget(backup: codec.Backup, session_key: str, serializer: Any) 
     return Sealed(token, True, dropped)
 
 
-def _try_seal(backup: codec.Backup, session_key: str, serializer: Any, budget: int) -> str | None:
+def _try_seal(
+    backup: codec.Backup,
+    session_key: str,
+    serializer: Any,
+    budget: int,
+    payload: bytes | None = None,
+) -> str | None:
     try:
-        token = codec.seal(backup, session_key, serializer)
+        token = codec.seal(backup, session_key, serializer, payload)
     # The serializer may refuse values the cache's own serializer accepted
     # (JSON against pickle): the session still works, only without this copy.
     except Exception:

@@ -17,7 +17,7 @@ from typing import Any
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["RedisAccess", "backend_kind"]
+__all__ = ["RedisAccess", "backend_kind", "cache_of"]
 
 DJANGO_REDIS = "django-redis"
 BUILTIN = "django"
@@ -25,29 +25,45 @@ BUILTIN = "django"
 
 def backend_kind(backend: Any) -> str | None:
     """``"django-redis"``, ``"django"`` or ``None`` for an unsupported cache backend."""
+    cls = type(backend)
+    if cls not in _kinds:
+        _kinds[cls] = _kind_of(cls)
+    return _kinds[cls]
+
+
+_kinds: dict[type, str | None] = {}
+
+
+def _kind_of(cls: type) -> str | None:
     try:
         from django_redis.cache import RedisCache as DjangoRedisCache
     except ImportError:  # django-redis is optional when Django's own backend is used
         DjangoRedisCache = None
     from django.core.cache.backends.redis import RedisCache as BuiltinRedisCache
 
-    if DjangoRedisCache is not None and isinstance(backend, DjangoRedisCache):
+    if DjangoRedisCache is not None and issubclass(cls, DjangoRedisCache):
         return DJANGO_REDIS
-    if isinstance(backend, BuiltinRedisCache):
+    if issubclass(cls, BuiltinRedisCache):
         return BUILTIN
     return None
+
+
+def cache_of(alias: str) -> Any:
+    """``caches[alias]``, or ``ImproperlyConfigured`` saying why it cannot be had."""
+    try:
+        return caches[alias]
+    except Exception as error:  # InvalidCacheBackendError, or a backend that fails to build
+        raise ImproperlyConfigured(
+            f"SESSION_CACHE_ALIAS {alias!r} is not a usable cache: {error}"
+        ) from error
 
 
 class RedisAccess:
     """The primary of the cache alias ``alias``, as a redis-py client."""
 
-    def __init__(self, alias: str) -> None:
-        try:
-            backend = caches[alias]
-        except Exception as error:  # InvalidCacheBackendError, or a backend that fails to build
-            raise ImproperlyConfigured(
-                f"SESSION_CACHE_ALIAS {alias!r} is not a usable cache: {error}"
-            ) from error
+    def __init__(self, alias: str, backend: Any = None) -> None:
+        if backend is None:
+            backend = cache_of(alias)
         kind = backend_kind(backend)
         if kind is None:
             raise ImproperlyConfigured(
@@ -66,12 +82,19 @@ class RedisAccess:
         self.alias = alias
         self.kind = kind
         self.backend: Any = backend
+        self._client: Any = None
 
     def client(self) -> Any:
-        """A redis-py client for the primary (reads go there too: no stale replica)."""
-        if self.kind == DJANGO_REDIS:
-            return self.backend.client.get_client(write=True)
-        return self.backend._cache.get_client(write=True)
+        """A redis-py client for the primary (reads go there too: no stale replica).
+
+        Kept once made: a redis-py client reconnects by itself.
+        """
+        if self._client is None:
+            if self.kind == DJANGO_REDIS:
+                self._client = self.backend.client.get_client(write=True)
+            else:
+                self._client = self.backend._cache.get_client(write=True)
+        return self._client
 
     def key(self, name: str) -> str:
         """``name`` under the alias's ``KEY_PREFIX``, ``VERSION`` and ``KEY_FUNCTION``."""

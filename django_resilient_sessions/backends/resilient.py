@@ -64,8 +64,9 @@ class SessionStore(SessionBase):
         backup: str | None = None,
         client: ClientInfo | None = None,
     ) -> None:
+        self._hashed: tuple[str | None, str] = (None, "")
         super().__init__(session_key)
-        self._cache = SessionCache(settings.SESSION_CACHE_ALIAS, self.serializer)
+        self._cache = SessionCache.of(settings.SESSION_CACHE_ALIAS, self.serializer)
         self.backup_token = backup
         self.client = client or ClientInfo()
         #: True when this request could not use the cache.
@@ -97,7 +98,10 @@ class SessionStore(SessionBase):
 
     @property
     def key_hash(self) -> str:
-        return hash_key(self.session_key) if self.session_key else ""
+        key = self.session_key
+        if key != self._hashed[0]:
+            self._hashed = (key, hash_key(key) if key else "")
+        return self._hashed[1]
 
     # Values: what cannot be kept is refused where it is set -----------------
 
@@ -120,10 +124,13 @@ class SessionStore(SessionBase):
     def _check_storable(self, values: dict[str, Any]) -> None:
         """Both copies go through ``SESSION_SERIALIZER``, so a view sees the same
         values whichever served it; a value it cannot take fails here, not later."""
+        self._serialize(values)
+
+    def _serialize(self, values: dict[str, Any]) -> bytes:
         try:
-            self.serializer().dumps(values)
+            payload: bytes = self.serializer().dumps(values)
         # Serializers raise TypeError, ValueError (circular), OverflowError...:
-        # whatever it is, the value cannot be kept, and the view is told now.
+        # whatever it is, the value cannot be kept, and the caller is told now.
         except Exception as error:
             names = ", ".join(repr(k) for k in values)
             raise TypeError(
@@ -131,6 +138,7 @@ class SessionStore(SessionBase):
                 f"cannot serialize it ({error}). Store JSON types (str, int, float, bool, "
                 "None, list, dict with str keys), or set SESSION_SERIALIZER."
             ) from error
+        return payload
 
     def _get_new_session_key(self) -> str:
         # No exists() round trip: SET NX in create() detects a collision.
@@ -441,15 +449,21 @@ class SessionStore(SessionBase):
         recorded = record and self._ledger_before_write(
             data, version, now, expires_at, skip=store is Store.SKIP
         )
-        payload = data | (self._withheld if SESSION_KEY not in data else {})
+        withheld = self._withheld if SESSION_KEY not in data else {}
+        backup = data | withheld
+        # Serialized once for both copies (they differ only by a withheld login).
+        serialized = self._serialize(data)
+        packed = self._serialize(backup) if withheld else serialized
         # Lineage: a backup descends from its own version when Redis may hold
         # that version (written, or a write whose reply was lost: a hung Redis
         # applies it when it resumes), else from the Redis copy in hand.
-        sealed = self._seal(payload, version, self._base if store is Store.SKIP else version)
+        base = self._base if store is Store.SKIP else version
+        sealed = self._seal(backup, version, base, packed)
         stored = maybe = False
         if store is not Store.SKIP:
+            entry = Entry(version, data, _tag(sealed))
             try:
-                stored = self._store(store, key_hash, Entry(version, data, _tag(sealed)), age)
+                stored = self._store(store, key_hash, entry, age, serialized)
             except CacheUnavailable as error:
                 self.degraded = True
                 maybe = error.attempted
@@ -460,7 +474,7 @@ class SessionStore(SessionBase):
                 self.sealed = None
                 return
             if not (stored or maybe):
-                sealed = self._seal(payload, version, self._base)
+                sealed = self._seal(backup, version, self._base, packed)
         if not stored and record and not recorded and SESSION_KEY in data:
             # The backup is the newest copy of this login: no older one may win.
             self._note_version(data[SESSION_KEY], version)
@@ -471,24 +485,24 @@ class SessionStore(SessionBase):
         self._parent = _tag(sealed)
         self._record(sealed, key_hash)
 
-    def _store(self, store: Store, key_hash: str, entry: Entry, age: int) -> bool:
+    def _store(self, store: Store, key_hash: str, entry: Entry, age: int, payload: bytes) -> bool:
         """Write the Redis copy as planned; ``True`` when Redis holds it afterwards."""
         if age <= 0:
             self._cache.drop(key_hash)  # expired on arrival, as Django's cache engine does
             return True
         if store is Store.CREATE:
-            if not self._cache.create(key_hash, entry, age):
+            if not self._cache.create(key_hash, entry, age, payload):
                 raise CreateError
             return True
         if store is Store.UPDATE:
-            updated = self._cache.update(key_hash, entry, age)
+            updated = self._cache.update(key_hash, entry, age, payload)
             if updated:
                 return True
             if updated is None:
                 return self._ended_meanwhile()
         # Not read from Redis, or its copy is gone (expired, evicted, flushed):
         # put it back unless the session ended; a copy written meanwhile wins.
-        other = self._cache.write_back(key_hash, entry, age, "")
+        other = self._cache.write_back(key_hash, entry, age, "", payload)
         if other is None:
             return True
         if other.state is Cache.TOMBSTONED:
@@ -506,10 +520,12 @@ class SessionStore(SessionBase):
         except LedgerUnavailable:
             logger.warning("Could not record the newest backup version of a login.")
 
-    def _seal(self, data: dict[str, Any], version: int, base: int) -> cookies.Sealed | None:
+    def _seal(
+        self, data: dict[str, Any], version: int, base: int, payload: bytes | None = None
+    ) -> cookies.Sealed | None:
         expires_at = int(time.time()) + self.get_expiry_age()
         backup = codec.Backup(version, expires_at, data, self._partial, base, self._parent)
-        return cookies.seal_within_budget(backup, self.session_key or "", self.serializer)
+        return cookies.seal_within_budget(backup, self.session_key or "", self.serializer, payload)
 
     def _record(self, sealed: cookies.Sealed | None, key_hash: str) -> None:
         self.sealed = sealed
