@@ -667,6 +667,13 @@ class Runner:
         print("CHAOS TABLE")
         print(recorder.table())
         print(
+            "errors: 5xx other than a due 503, no answer, unexpected status. 503 ok/bad: "
+            "ledger refusals due (a login or logout while a ledger fault is in force, "
+            "well-formed) / not due (any other 503). resurrections: a dead session (logout "
+            "answered 200, revocation returned) answered as logged in. rollbacks: a read older "
+            "than a value already read or acknowledged. Latencies are reported, not asserted."
+        )
+        print(
             "(+n KEY): occurrences of a known engine bug or documented risk "
             "(chaos.KNOWN_BUGS), reported, not counted as failures unless --no-known-bugs"
         )

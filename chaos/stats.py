@@ -72,6 +72,10 @@ def _with_known(violations: int, known: int, key: str) -> str:
     return f"{violations} (+{known} {key})" if known else str(violations)
 
 
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN for no values."""
     if not values:
@@ -156,8 +160,8 @@ class Recorder:
                 _with_known(count(REPLAY), stale, "R1"),
                 str(sum(self.replays_sent[p] for p in phases)),
                 str(sum(1 for v in violations if v.kind not in main)),
-                f"{percentile(latencies, 50):.1f}",
-                f"{percentile(latencies, 99):.1f}",
+                _ms(percentile(latencies, 50)),
+                _ms(percentile(latencies, 99)),
             )
 
         rows = [row(phase, [phase]) for phase in self.phases]
