@@ -474,18 +474,33 @@ class Database:
         )
 
     def make_read_only(self) -> str:
-        """Reads work, writes fail, for every new connection; returns how it was done."""
+        """Reads work, writes fail, for every new connection; returns how it was done.
+
+        SQLite: root (the app servers run as the runner does) ignores permission bits,
+        so as root the file is made immutable (``chattr +i``, where the file system and
+        the capabilities allow it); otherwise it is made read-only (``chmod 444``). Either
+        way a fresh connection must then fail to write, or the fault is not real here and
+        :class:`FaultUnavailable` says so (the phase is skipped).
+        """
         if self.kind == "sqlite":
-            done = subprocess.run(
-                ["chattr", "+i", str(self.path)], capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
-                raise FaultUnavailable(
-                    f"chattr +i {self.path} failed ({done.stderr.strip() or done.returncode}): "
-                    "no way to make the SQLite file read-only for root here"
+            if os.geteuid() == 0:
+                how = "chattr +i on the SQLite file (SQLite opens it read-only)"
+                done = subprocess.run(
+                    ["chattr", "+i", str(self.path)], capture_output=True, text=True, check=False
                 )
+                if done.returncode != 0:
+                    raise FaultUnavailable(
+                        f"chattr +i {self.path} failed ({done.stderr.strip() or done.returncode}):"
+                        " no real way to make the SQLite file read-only for root here"
+                    )
+            else:
+                how = "chmod 444 on the SQLite file (the app servers are not root)"
+                self.path.chmod(0o444)
             self.read_only = True
-            return "chattr +i on the SQLite file (opened read-only by SQLite)"
+            if self.probe()[0] is None:
+                self.make_writable()
+                raise FaultUnavailable(f"{how} did not stop writes")
+            return how
         with self._admin() as conn:
             conn.execute(f'ALTER DATABASE "{self.pg_name}" SET default_transaction_read_only = on')
             self._terminate_backends(conn)
@@ -494,7 +509,10 @@ class Database:
 
     def make_writable(self) -> None:
         if self.kind == "sqlite":
-            subprocess.run(["chattr", "-i", str(self.path)], check=True, capture_output=True)
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "-i", str(self.path)], check=True, capture_output=True)
+            else:
+                self.path.chmod(0o644)
         else:
             with self._admin() as conn:
                 conn.execute(f'ALTER DATABASE "{self.pg_name}" RESET default_transaction_read_only')
