@@ -102,6 +102,9 @@ class World:
         self.max_requests = max_requests
         self.phase = "startup"
         self.db_down = False
+        #: A login *may* be withheld (fail closed) in this window, not must: Redis is back
+        #: while the ledger is unreadable, and a worker still on backups withholds it.
+        self.may_fail_closed = False
         #: The ledger fault in force (None: the ledger answers); see the module docstring.
         self.ledger_fault: str | None = None
         #: The chance a step logs out while a ledger fault is in force.
@@ -289,8 +292,8 @@ def refused(response: requests.Response | None) -> bool:
     return response is not None and response.status_code == 503
 
 
-def set_cookies(response: requests.Response) -> list[tuple[str, bool]]:
-    """The cookies a response sets, as (name, deleted)."""
+def set_cookies(response: requests.Response) -> list[tuple[str, str, bool]]:
+    """The cookies a response sets, as (name, value, deleted)."""
     raw = getattr(response.raw, "headers", None)
     lines: list[str] = list(raw.getlist("Set-Cookie")) if raw is not None else []
     found = []
@@ -299,7 +302,7 @@ def set_cookies(response: requests.Response) -> list[tuple[str, bool]]:
         name, _, value = first.strip().partition("=")
         attrs = attributes.lower().replace(" ", "")
         deleted = value.strip('"') == "" or "max-age=0" in attrs or "1970" in attrs
-        found.append((name, deleted))
+        found.append((name, value.strip('"'), deleted))
     return found
 
 
@@ -418,7 +421,7 @@ class VirtualUser(threading.Thread):
             self.read()  # right after a refused login: anonymous, data kept?
         elif self.confirm_alive is not None and fault is None and not world.db_down:
             self.read()  # the fault is over: still logged in, data kept?
-        elif self.failclosed_write and not world.db_down:
+        elif self.failclosed_write and not (world.db_down or world.may_fail_closed):
             self.read()  # first thing after the database returns: is the login back?
         elif not self.logged_in:
             if fault is not None:
@@ -471,7 +474,7 @@ class VirtualUser(threading.Thread):
         if refused(response):
             # Nothing changed: still logged in, cookies untouched, not a dead session.
             assert response is not None
-            self.check_cookies_untouched(response, phase)
+            self.check_cookies_untouched(response, phase, before)
             self.logout_requested = False
             self.confirm_alive = phase
             self.logout_retry_at = time.monotonic() + self.rng.uniform(*RETRY_AFTER)
@@ -499,20 +502,21 @@ class VirtualUser(threading.Thread):
         if body is None or body.get("ok") is not True:
             self.maybe.add(value)
             return
-        self.check_user(body, response, phase, db_down)
-        if db_down and body.get("user") is None and self.logged_in:
+        may = self.world.may_fail_closed
+        self.check_user(body, response, phase, db_down, may=may)
+        if (db_down or may) and body.get("user") is None and self.logged_in:
             # Saved while the login was withheld: it must still come back afterwards.
             self.failclosed_write = True
         self.acked = value
         self.maybe.clear()
 
     def read(self) -> None:
-        db_down = self.world.db_down
+        db_down, may = self.world.db_down, self.world.may_fail_closed
         over = self.world.ledger_fault is None and not db_down
         body, response, phase = self._send("state", "GET", "state/")
         if body is None:
             return
-        ok = self.check_user(body, response, phase, db_down)
+        ok = self.check_user(body, response, phase, db_down, may=may)
         ok = self.check_data(body, response, phase) and ok
         if self.confirm_anonymous is not None:
             if ok:
@@ -523,12 +527,15 @@ class VirtualUser(threading.Thread):
                 self.world.recorder.note(self.confirm_alive).kept_alive += 1
             self.confirm_alive = None
 
-    def check_cookies_untouched(self, response: requests.Response, phase: str) -> None:
-        """A refused logout leaves the cookies alone (a renewed backup is the same session)."""
+    def check_cookies_untouched(
+        self, response: requests.Response, phase: str, before: dict[str, str]
+    ) -> None:
+        """A refused logout leaves the cookies alone: no cookie deleted, the same session
+        key (the same key with a renewed backup is counted apart: same session)."""
         changed = [
-            f"{name}{' (deleted)' if deleted else ''}"
-            for name, deleted in set_cookies(response)
-            if deleted or name == SESSION_COOKIE
+            f"{name}{' (deleted)' if deleted else ' (another key)'}"
+            for name, value, deleted in set_cookies(response)
+            if deleted or (name == SESSION_COOKIE and value != before.get(name))
         ]
         if changed:
             self._violation(
@@ -570,8 +577,13 @@ class VirtualUser(threading.Thread):
         response: requests.Response | None,
         phase: str,
         db_down: bool,
+        *,
+        may: bool = False,
     ) -> bool:
-        """Is the answer's user the expected one?  False (and a violation) if not."""
+        """Is the answer's user the expected one?  False (and a violation) if not.
+
+        ``db_down``: the login must be withheld (fail closed); ``may``: it may be.
+        """
         user = body.get("user")
         where = _where(response, body)
         if user is not None and user != self.username:
@@ -595,6 +607,9 @@ class VirtualUser(threading.Thread):
                 return True
             self._violation(phase, stats.FAIL_OPEN, f"login trusted without the DB {where}")
             return False
+        if may and user is None:
+            self.world.recorder.note(phase).fail_closed_anonymous += 1
+            return True
         if user == self.username:
             if self.failclosed_write:
                 # Wrote while its login was withheld: the login must come back all the same.

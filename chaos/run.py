@@ -58,6 +58,13 @@ FAULTS = (
     "failover",
 )
 SHORT_FAULTS = tuple(f for f in FAULTS if f != "pause-all")
+#: Faults run only when asked for (``--faults``): each shows an open engine finding and
+#: fails the run until the engine changes (then it belongs in FAULTS).
+#: hang-ledger-locked: a backup made newer than the Redis copy during a Redis hang is
+#: rolled back, for good, when Redis answers again while the ledger's rows cannot be read
+#: but its purge queue can (trust table "present / newer / login / unreadable": serve the
+#: Redis copy, renew the backup from it).
+EXTRA_FAULTS = ("hang-ledger-locked",)
 #: The faults during which the ledger cannot record a login, logout or revocation.
 LEDGER_FAULTS = ("db-readonly", "ledger-lock", "db-refused", "db-down")
 
@@ -215,6 +222,7 @@ class Runner:
             "db-refused": self.fault_db_refused,
             "db-down": self.fault_db_down,
             "failover": self.fault_failover,
+            "hang-ledger-locked": self.fault_hang_ledger_locked,
         }
         for name in options.faults:
             if world.stop.is_set():
@@ -502,6 +510,36 @@ class Runner:
         self.revoke_some(ledger_down=False)
         self.wait(max(1.5, self.hold / 2))
         self.topology.start_empty(node)
+        self.healed()
+
+    def fault_hang_ledger_locked(self) -> None:
+        """Redis comes back from a hang while the ledger table is locked.
+
+        During the hang every save goes to the backup only, which grows newer than the
+        Redis copy; when Redis answers again the newer backup needs the ledger to win
+        ("present / newer / login" asks the row). With only the ledger's table locked, the
+        purge queue is readable, the breaker closes, the row is unreadable, and the table
+        says: serve the Redis copy and renew the backup from it. The run checks what the
+        users then read.
+        """
+        assert self.topology is not None and self.world is not None
+        assert self.database is not None
+        database = self.database
+        name = "redis back from a hang, ledger locked"
+        self.phase(name)
+        node = self.topology.hang_master()
+        self.wait(self.hold)  # writes go to the backups only
+        self.ledger_down(name, database.lock_ledger, db_down=True)
+        self.wait(1.0)
+        with self.world.quiesce():
+            node.resume()
+            # A worker still on backups withholds the login; one back on Redis serves it.
+            self.world.db_down = False
+            self.world.may_fail_closed = True
+        self.hold_ledger_fault()
+        self.ledger_up(database.unlock_ledger)
+        with self.world.quiesce():
+            self.world.may_fail_closed = False
         self.healed()
 
     def fault_failover(self) -> None:
