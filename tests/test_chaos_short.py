@@ -70,6 +70,10 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
         assert f"| {fault} " in output, f"no row for {fault!r}"
     for column in ("resurrections", "rollbacks", "503 ok/bad"):
         assert f" {column} |" in output, f"no column {column!r}"
+    # Each ledger fault was met: logins or logouts were refused (503) while it lasted.
+    refused = _column(output, "503 ok/bad")
+    for fault in ("ledger table locked", "DB refused (Redis up)", "DB down during outage"):
+        assert int(refused[fault].split("/")[0]) > 0, f"no refusal during {fault!r}"
     # Only the SQLite read-only fault may be skipped, where the file cannot be made
     # immutable (chattr +i needs the file system's support and CAP_LINUX_IMMUTABLE).
     skipped = [line for line in output.splitlines() if "SKIPPED" in line]
@@ -77,6 +81,18 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
     for line in skipped:
         print(line)
     print(f"short chaos run: {elapsed:.0f} s")
+
+
+def _column(output: str, name: str) -> dict[str, str]:
+    """One column of the chaos table, by fault."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in output.splitlines()
+        if line.startswith("| ")
+    ]
+    header = next(row for row in rows if row[0] == "fault")
+    index = header.index(name)
+    return {row[0]: row[index] for row in rows if len(row) == len(header)}
 
 
 def test_short_http_fuzz_of_session_cookies() -> None:
