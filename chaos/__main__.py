@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sqlite", "postgres", "auto"),
         help="database (full: postgres, short: sqlite; auto: postgres when reachable)",
     )
-    run.add_argument("--faults", help="comma-separated subset of: " + ", ".join(_faults()))
+    run.add_argument(
+        "--faults",
+        help="comma-separated subset of: "
+        + ", ".join(_faults())
+        + " (the last ones only when named: they show open engine findings)",
+    )
     run.add_argument("--cooldown", type=float, default=1.0, help="BREAKER_COOLDOWN (s)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--pg-name", default="drs_chaos", help="PostgreSQL database to create")
@@ -67,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _faults() -> tuple[str, ...]:
-    from chaos.run import FAULTS
+    from chaos.run import EXTRA_FAULTS, FAULTS
 
-    return FAULTS
+    return FAULTS + EXTRA_FAULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                 keep=args.keep,
             )
         )
-    from chaos.run import FAULTS, SHORT_FAULTS, Options
+    from chaos.run import EXTRA_FAULTS, FAULTS, SHORT_FAULTS, Options
     from chaos.run import main as run_main
 
     if args.faults:
         faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-        unknown = [f for f in faults if f not in FAULTS]
+        unknown = [f for f in faults if f not in FAULTS + EXTRA_FAULTS]
         if unknown:
             print(f"unknown faults: {', '.join(unknown)}", file=sys.stderr)
             return 2

@@ -373,8 +373,33 @@ def postgres_available() -> bool:
         return False
 
 
+class FaultUnavailable(InfraError):
+    """This fault cannot be made real on this database and machine (the phase is skipped)."""
+
+
+#: The ledger's table, the one the "table locked" fault locks.
+LEDGER_TABLE = "django_resilient_sessions_usersession"
+#: A write that changes nothing but needs a writable ledger (probes of the ledger faults).
+WRITE_PROBE = f"UPDATE {LEDGER_TABLE} SET backup_version = backup_version WHERE 1 = 0"
+READ_PROBE = f"SELECT COUNT(*) FROM {LEDGER_TABLE}"
+
+
 class Database:
-    """The run's own database, and the "database unavailable" fault on it."""
+    """The run's own database, and the faults on it (callers quiesce their traffic first).
+
+    - :meth:`take_down` / :meth:`bring_up`: unavailable (connections refused);
+    - :meth:`make_read_only` / :meth:`make_writable`: reads work, every write fails:
+      PostgreSQL ``ALTER DATABASE ... SET default_transaction_read_only = on`` and its
+      backends terminated (a session reads the setting when it starts); SQLite: the file
+      made immutable (``chattr +i``: root ignores permission bits, not this attribute), so
+      SQLite opens it read-only ("attempt to write a readonly database");
+    - :meth:`lock_ledger` / :meth:`unlock_ledger`: a connection of the runner's holds
+      ``LOCK TABLE <ledger> IN ACCESS EXCLUSIVE MODE`` (PostgreSQL: every statement on the
+      ledger waits, then fails on the app's ``lock_timeout``) or ``BEGIN EXCLUSIVE``
+      (SQLite: the whole file, reads included, fails on the app's busy ``timeout``) in an
+      open transaction;
+    - :meth:`probe`: what a fresh connection sees, to prove a fault real (or healed).
+    """
 
     def __init__(self, kind: str, workdir: Path, pg_name: str = "drs_chaos") -> None:
         if kind not in ("sqlite", "postgres"):
@@ -387,6 +412,8 @@ class Database:
         self.pg_name = pg_name
         self.path = workdir / "chaos.sqlite3"
         self.down = False
+        self.read_only = False
+        self._lock: Any = None  # the connection holding the ledger lock
 
     @property
     def env(self) -> dict[str, str]:
@@ -439,7 +466,136 @@ class Database:
                 conn.execute(f'ALTER DATABASE "{self.pg_name}" ALLOW_CONNECTIONS true')
         self.down = False
 
+    def _terminate_backends(self, conn: Any) -> None:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.pg_name,),
+        )
+
+    def make_read_only(self) -> str:
+        """Reads work, writes fail, for every new connection; returns how it was done.
+
+        SQLite: root (the app servers run as the runner does) ignores permission bits,
+        so as root the file is made immutable (``chattr +i``, where the file system and
+        the capabilities allow it); otherwise it is made read-only (``chmod 444``). Either
+        way a fresh connection must then fail to write, or the fault is not real here and
+        :class:`FaultUnavailable` says so (the phase is skipped).
+        """
+        if self.kind == "sqlite":
+            if os.geteuid() == 0:
+                how = "chattr +i on the SQLite file (SQLite opens it read-only)"
+                done = subprocess.run(
+                    ["chattr", "+i", str(self.path)], capture_output=True, text=True, check=False
+                )
+                if done.returncode != 0:
+                    raise FaultUnavailable(
+                        f"chattr +i {self.path} failed ({done.stderr.strip() or done.returncode}):"
+                        " no real way to make the SQLite file read-only for root here"
+                    )
+            else:
+                how = "chmod 444 on the SQLite file (the app servers are not root)"
+                self.path.chmod(0o444)
+            self.read_only = True
+            if self.probe()[0] is None:
+                self.make_writable()
+                raise FaultUnavailable(f"{how} did not stop writes")
+            return how
+        with self._admin() as conn:
+            conn.execute(f'ALTER DATABASE "{self.pg_name}" SET default_transaction_read_only = on')
+            self._terminate_backends(conn)
+        self.read_only = True
+        return "ALTER DATABASE SET default_transaction_read_only = on, backends terminated"
+
+    def make_writable(self) -> None:
+        if self.kind == "sqlite":
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "-i", str(self.path)], check=True, capture_output=True)
+            else:
+                self.path.chmod(0o644)
+        else:
+            with self._admin() as conn:
+                conn.execute(f'ALTER DATABASE "{self.pg_name}" RESET default_transaction_read_only')
+                self._terminate_backends(conn)  # sessions started read-only stay so
+        self.read_only = False
+
+    def lock_ledger(self) -> str:
+        """Hold the ledger locked in an open transaction; returns how."""
+        if self.kind == "sqlite":
+            import sqlite3
+
+            conn = sqlite3.connect(str(self.path), timeout=10, isolation_level=None)
+            conn.execute("BEGIN EXCLUSIVE")
+            self._lock = conn
+            return "BEGIN EXCLUSIVE held by the runner (the whole file: reads fail too)"
+        import psycopg
+
+        lock = psycopg.connect(
+            dbname=self.pg_name, connect_timeout=5, options="-c lock_timeout=10000", **_pg_params()
+        )
+        lock.execute(f"LOCK TABLE {LEDGER_TABLE} IN ACCESS EXCLUSIVE MODE")
+        self._lock = lock
+        return f"LOCK TABLE {LEDGER_TABLE} IN ACCESS EXCLUSIVE MODE held by the runner"
+
+    def unlock_ledger(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        with contextlib.suppress(Exception):
+            lock.rollback()
+        lock.close()
+
+    def probe(self, timeout: float = 0.3) -> tuple[str | None, str | None]:
+        """(write error, read error) seen by a fresh connection; None where it worked.
+
+        The write changes nothing (``WRITE_PROBE``) and is rolled back.
+        """
+        if self.kind == "sqlite":
+            import sqlite3
+
+            def sqlite_try(statement: str) -> str | None:
+                try:
+                    conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+                except sqlite3.Error as error:
+                    return f"{type(error).__name__}: {error}"
+                try:
+                    conn.execute("BEGIN IMMEDIATE" if statement == WRITE_PROBE else "BEGIN")
+                    conn.execute(statement).fetchall()
+                    conn.execute("ROLLBACK")
+                    return None
+                except sqlite3.Error as error:
+                    return f"{type(error).__name__}: {error}"
+                finally:
+                    conn.close()
+
+            return sqlite_try(WRITE_PROBE), sqlite_try(READ_PROBE)
+        import psycopg
+
+        def pg_try(statement: str) -> str | None:
+            ms = int(timeout * 1000)
+            try:
+                with psycopg.connect(
+                    dbname=self.pg_name,
+                    connect_timeout=3,
+                    options=f"-c lock_timeout={ms} -c statement_timeout={ms * 10}",
+                    **_pg_params(),
+                ) as conn:
+                    cursor = conn.execute(statement)
+                    if statement == READ_PROBE:
+                        cursor.fetchall()
+                    conn.rollback()
+                return None
+            except psycopg.Error as error:
+                return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+        return pg_try(WRITE_PROBE), pg_try(READ_PROBE)
+
     def restore_if_down(self) -> None:
+        with contextlib.suppress(Exception):
+            self.unlock_ledger()
+        if self.read_only:
+            with contextlib.suppress(Exception):
+                self.make_writable()
         if self.down:
             with contextlib.suppress(Exception):
                 self.bring_up()

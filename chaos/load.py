@@ -1,22 +1,34 @@
 """The virtual users and the replayer, and the invariants they check after every request.
 
 Each :class:`VirtualUser` is a thread with its own ``requests.Session`` (its own cookie
-jar). It logs in, reads its session, writes numbered values (``n=1, 2, 3...``), sends
-every request to the other app server than the last one, and now and then logs out and
-back in. After every answer it checks:
+jar). It logs in, reads its session, writes numbered values (``n=1, 2, 3...``, before
+logging in too: anonymous data), sends every request to the other app server than the
+last one, and now and then logs out and back in. Half the users ask for JSON
+(``Accept: application/json``), half for HTML. After every answer it checks:
 
-- no 5xx, no unanswered request, no unexpected status;
+- no 5xx, no unanswered request, no unexpected status. The one 5xx that may be due is a
+  ledger refusal (HTTP 503, ``Retry-After``, JSON ``{"ok": false, "error":
+  "ledger_unavailable"}`` or an HTML page), and only on a login or a logout while a
+  ledger fault is active (:attr:`World.ledger_fault`): a 503 anywhere else, or on a read
+  or a write (activity updates are best-effort), is counted as not due;
 - the answer names the expected user: logged in while it should be, anonymous while it
   should be. The one window where a logged-in user *must* look anonymous is the
-  "database down during a Redis outage" fault (fail closed); the runner flips
-  :attr:`World.db_down` only while every user is paused between requests, so every
-  request is entirely inside or outside that window;
-- every acknowledged write is read back: a read shows the latest acknowledged ``n``
-  (or a value written by a request that got no answer).
+  "database down during a Redis outage" fault (fail closed). The runner flips
+  :attr:`World.db_down` and :attr:`World.ledger_fault` only while every user is paused
+  between requests, so every request is entirely inside or outside a fault;
+- every acknowledged write is read back: a read shows the latest acknowledged ``n`` (or a
+  value written by a request that got no answer); an older one is a rollback, anything
+  else a lost write;
+- a login answered 503 is no login: the next answer is anonymous and still holds the
+  anonymous data; a logout answered 503 (or a revocation that raised in the runner)
+  changed nothing: the session is logged in, with its data, once the fault is over, and
+  its cookies were left alone; neither is a dead session. A login, logout or revocation
+  that *succeeds* while the ledger cannot record it is a violation too.
 
-A logged-out or revoked session's cookies go to the replay pool; the :class:`Replayer`
-sends them again on a schedule (and whenever the runner asks, e.g. in the middle of an
-outage): they must come back anonymous every time.
+A logged-out (answered 200) or revoked (returned) session's cookies go to the replay pool;
+the :class:`Replayer` sends them again on a schedule (and whenever the runner asks, e.g.
+in the middle of an outage): they must come back anonymous every time, whatever fault
+comes after.
 """
 
 from __future__ import annotations
@@ -36,6 +48,11 @@ from chaos import stats
 from chaos.stats import Recorder, Sample, Violation
 
 HTTP_TIMEOUT = 15.0
+#: The kinds of request a ledger refusal (503) may answer, while a ledger fault is active.
+REFUSABLE = ("login", "logout")
+#: Seconds a user waits before trying again after a refused login or logout.
+RETRY_AFTER = (1.0, 3.0)
+SESSION_COOKIE = "sessionid"
 #: Seconds after a session's death at which its cookies are replayed, then every REPLAY_EVERY.
 REPLAY_SCHEDULE = (0.05, 0.3, 1.0, 2.0, 4.0, 8.0)
 REPLAY_EVERY = 20.0
@@ -85,9 +102,17 @@ class World:
         self.max_requests = max_requests
         self.phase = "startup"
         self.db_down = False
+        #: A login *may* be withheld (fail closed) in this window, not must: Redis is back
+        #: while the ledger is unreadable, and a worker still on backups withholds it.
+        self.may_fail_closed = False
+        #: The ledger fault in force (None: the ledger answers); see the module docstring.
+        self.ledger_fault: str | None = None
+        #: The chance a step logs out while a ledger fault is in force.
+        self.fault_logout_rate = 0.0 if logout_rate <= 0 else max(5 * logout_rate, 0.05)
         self.stop = threading.Event()
         self.users: list[VirtualUser] = []
         self.replayer_lock = threading.Lock()
+        self.pause_replays = threading.Event()
         self._dead: list[DeadSession] = []
         self._dead_lock = threading.Lock()
         self._requests = 0
@@ -101,15 +126,28 @@ class World:
 
     @contextlib.contextmanager
     def quiesce(self, users: list[VirtualUser] | None = None) -> Iterator[None]:
-        """Hold these users (default: all, and the replayer) between two requests."""
+        """Hold these users (default: all, and the replayer) between two requests.
+
+        They are asked to pause first, so that each finishes at most the request it is
+        in (during a ledger fault a request may take a second or two) while the locks
+        are taken one by one.
+        """
         chosen = self.users if users is None else users
         locks = [u.lock for u in sorted(chosen, key=lambda u: u.index)]
         if users is None:
             locks.insert(0, self.replayer_lock)
-        with contextlib.ExitStack() as stack:
-            for lock in locks:
-                stack.enter_context(lock)
-            yield
+            self.pause_replays.set()
+        for user in chosen:
+            user.paused = True
+        try:
+            with contextlib.ExitStack() as stack:
+                for lock in locks:
+                    stack.enter_context(lock)
+                yield
+        finally:
+            for user in chosen:
+                user.paused = False
+            self.pause_replays.clear()
 
     def count_request(self) -> None:
         with self._count_lock:
@@ -171,6 +209,7 @@ def send(
 ) -> tuple[dict[str, Any] | None, requests.Response | None, str]:
     """One request, recorded; returns (JSON body or None on error, response, phase)."""
     phase = world.phase
+    fault = world.ledger_fault
     world.count_request()
     start = time.monotonic()
     try:
@@ -193,6 +232,20 @@ def send(
             _int(response.headers, "X-Chaos-Pid"),
         )
     )
+    if response.status_code == 503:
+        problem = _refusal_problem(response, kwargs.get("headers") or http_headers(http))
+        if problem is None and fault is not None and kind in REFUSABLE:
+            world.recorder.note(phase).refused[kind] += 1
+        else:
+            why = problem or (f"on a {kind}" if fault is not None else "with the ledger up")
+            world.violation(
+                phase,
+                stats.NOT_DUE_503,
+                who,
+                f"{kind} {url}: HTTP 503 {why} "
+                f"{response.headers.get('X-Chaos-Exception') or ''} {_brief(response.text)}",
+            )
+        return None, response, phase
     if response.status_code != 200:
         world.violation(
             phase,
@@ -208,6 +261,49 @@ def send(
         world.violation(phase, stats.ERROR, who, f"{kind} {url}: not JSON {_brief(response.text)}")
         return None, response, phase
     return body, response, phase
+
+
+def http_headers(http: Any) -> dict[str, str]:
+    headers = getattr(http, "headers", None)
+    return dict(headers) if headers is not None else {}
+
+
+def _refusal_problem(response: requests.Response, sent: dict[str, str]) -> str | None:
+    """What is wrong with a 503 as a ledger refusal (None: a well-formed one)."""
+    if not response.headers.get("Retry-After"):
+        return "without Retry-After"
+    wants_json = str(sent.get("Accept", "")).startswith("application/json")
+    content_type = response.headers.get("Content-Type", "")
+    if not wants_json:
+        return None if content_type.startswith("text/html") else f"not HTML ({content_type})"
+    try:
+        body = response.json()
+    except ValueError:
+        return f"not JSON ({content_type})"
+    if not isinstance(body, dict) or body.get("ok") is not False:
+        return f"JSON without ok=false: {body!r}"[:160]
+    if body.get("error") != "ledger_unavailable":
+        return f"JSON error {body.get('error')!r}, not 'ledger_unavailable'"
+    return None
+
+
+def refused(response: requests.Response | None) -> bool:
+    """Answered 503: the engine says nothing changed (due or not, counted by send())."""
+    return response is not None and response.status_code == 503
+
+
+def set_cookies(response: requests.Response) -> list[tuple[str, str, bool]]:
+    """The cookies a response sets, as (name, value, deleted)."""
+    raw = getattr(response.raw, "headers", None)
+    lines: list[str] = list(raw.getlist("Set-Cookie")) if raw is not None else []
+    found = []
+    for line in lines:
+        first, _, attributes = line.partition(";")
+        name, _, value = first.strip().partition("=")
+        attrs = attributes.lower().replace(" ", "")
+        deleted = value.strip('"') == "" or "max-age=0" in attrs or "1970" in attrs
+        found.append((name, value.strip('"'), deleted))
+    return found
 
 
 def _brief(text: str) -> str:
@@ -227,6 +323,14 @@ def _where(response: requests.Response | None, body: dict[str, Any] | None) -> s
     return " ".join(parts)
 
 
+def _older(got: Any, acked: Any) -> bool:
+    """Is ``got`` a value written before ``acked``?"""
+    try:
+        return int(got) < int(acked)
+    except (TypeError, ValueError):
+        return False
+
+
 class VirtualUser(threading.Thread):
     PASSWORD = "chaos-password"
 
@@ -238,7 +342,13 @@ class VirtualUser(threading.Thread):
         self.rng = random.Random(world.seed * 1000 + index)
         self.http = requests.Session()
         self.http.headers["User-Agent"] = f"drs-chaos/1.0 (user {index})"
+        if index % 2 == 0:
+            # Half the users ask for JSON: a ledger refusal answers them in JSON, the
+            # others with an HTML page.
+            self.http.headers["Accept"] = "application/json"
         self.lock = threading.Lock()
+        #: Set by World.quiesce(): take no new step (the runner is taking the lock).
+        self.paused = False
         self.turn = index % 2
         self.logged_in = False
         self.n = 0
@@ -252,6 +362,18 @@ class VirtualUser(threading.Thread):
         #: A write was saved while this login was withheld by fail-closed (DB-down window):
         #: the next request after the window checks that the login came back.
         self.failclosed_write = False
+        #: Set by the runner: log out, then stay logged out until a ledger fault is in
+        #: force (or until this time), so that logins meet the fault.
+        self.stay_out_until = 0.0
+        #: No login (logout) attempt before this time: the last one was refused.
+        self.login_retry_at = 0.0
+        self.logout_retry_at = 0.0
+        #: A login was refused (503) in this phase: the next read must be anonymous, with
+        #: the anonymous data.
+        self.confirm_anonymous: str | None = None
+        #: A logout was refused (503) or a revocation raised, in this phase: the first
+        #: read once the fault is over must be logged in, with the data.
+        self.confirm_alive: str | None = None
 
     # plumbing -----------------------------------------------------------------------------
 
@@ -266,8 +388,8 @@ class VirtualUser(threading.Thread):
         body, response, phase = send(
             self.world, self.http, kind, method, self._url(path), self.username, **kwargs
         )
-        if body is None:
-            self.resync = True
+        if body is None and not refused(response):
+            self.resync = True  # (a refusal changed nothing: expectations stand)
         return body, response, phase
 
     def cookies(self) -> dict[str, str]:
@@ -280,6 +402,9 @@ class VirtualUser(threading.Thread):
 
     def run(self) -> None:
         while not self.world.stop.is_set():
+            if self.paused:
+                time.sleep(0.005)
+                continue
             with self.lock:
                 if self.world.stop.is_set():
                     break
@@ -288,16 +413,29 @@ class VirtualUser(threading.Thread):
 
     def step(self) -> None:
         world = self.world
+        now = time.monotonic()
+        fault = world.ledger_fault
         if self.revoked:
             self.after_revocation()
-        elif self.failclosed_write and not world.db_down:
+        elif self.confirm_anonymous is not None:
+            self.read()  # right after a refused login: anonymous, data kept?
+        elif self.confirm_alive is not None and fault is None and not world.db_down:
+            self.read()  # the fault is over: still logged in, data kept?
+        elif self.failclosed_write and not (world.db_down or world.may_fail_closed):
             self.read()  # first thing after the database returns: is the login back?
         elif not self.logged_in:
-            if world.db_down:
-                self.read()  # logging in needs the database: a real user would wait too
+            if fault is not None:
+                self.stay_out_until = 0.0
+            waiting = now < max(self.stay_out_until, self.login_retry_at)
+            if waiting or (self.acked is None and self.rng.random() < 0.5):
+                # Anonymous data first (a refused login must keep it), or wait a moment.
+                self.write() if self.rng.random() < 0.5 else self.read()
             else:
                 self.login()
-        elif not world.db_down and (self.logout_requested or self.rng.random() < world.logout_rate):
+        elif now >= self.logout_retry_at and (
+            self.logout_requested
+            or self.rng.random() < (world.fault_logout_rate if fault else world.logout_rate)
+        ):
             self.logout()
         elif self.rng.random() < 0.5:
             self.write()
@@ -308,19 +446,48 @@ class VirtualUser(threading.Thread):
 
     def login(self) -> None:
         data = {"username": self.username, "password": self.PASSWORD}
-        body, _response, phase = self._send("login", "POST", "login/", data=data)
+        fault = self.world.ledger_fault
+        body, response, phase = self._send("login", "POST", "login/", data=data)
+        if refused(response):
+            # Not a login: anonymous after it, with its data; try again in a moment.
+            self.confirm_anonymous = phase
+            self.login_retry_at = time.monotonic() + self.rng.uniform(*RETRY_AFTER)
+            return
         if body is None:
             return
         if body.get("user") != self.username:
             self._violation(phase, stats.ERROR, f"login answered {body!r}")
             return
         self.logged_in = True
+        if fault is not None:
+            self._violation(
+                phase,
+                stats.BYPASS,
+                f"login answered 200 while the ledger was unavailable ({fault}) "
+                f"{_where(response, body)}",
+            )
 
     def logout(self) -> None:
         before = self.cookies()
-        body, _response, phase = self._send("logout", "POST", "logout/")
+        fault = self.world.ledger_fault
+        body, response, phase = self._send("logout", "POST", "logout/")
+        if refused(response):
+            # Nothing changed: still logged in, cookies untouched, not a dead session.
+            assert response is not None
+            self.check_cookies_untouched(response, phase, before)
+            self.logout_requested = False
+            self.confirm_alive = phase
+            self.logout_retry_at = time.monotonic() + self.rng.uniform(*RETRY_AFTER)
+            return
         if body is None:
             return
+        if fault is not None:
+            self._violation(
+                phase,
+                stats.BYPASS,
+                f"logout answered 200 while the ledger was unavailable ({fault}) "
+                f"{_where(response, body)}",
+            )
         self.logged_in = False
         self.logout_requested = False
         self.acked = None
@@ -335,20 +502,49 @@ class VirtualUser(threading.Thread):
         if body is None or body.get("ok") is not True:
             self.maybe.add(value)
             return
-        self.check_user(body, response, phase, db_down)
-        if db_down and body.get("user") is None and self.logged_in:
+        may = self.world.may_fail_closed
+        self.check_user(body, response, phase, db_down, may=may)
+        if (db_down or may) and body.get("user") is None and self.logged_in:
             # Saved while the login was withheld: it must still come back afterwards.
             self.failclosed_write = True
         self.acked = value
         self.maybe.clear()
 
     def read(self) -> None:
-        db_down = self.world.db_down
+        db_down, may = self.world.db_down, self.world.may_fail_closed
+        over = self.world.ledger_fault is None and not db_down
         body, response, phase = self._send("state", "GET", "state/")
         if body is None:
             return
-        self.check_user(body, response, phase, db_down)
-        self.check_data(body, response, phase)
+        ok = self.check_user(body, response, phase, db_down, may=may)
+        ok = self.check_data(body, response, phase) and ok
+        if self.confirm_anonymous is not None:
+            if ok:
+                self.world.recorder.note(self.confirm_anonymous).kept_anonymous += 1
+            self.confirm_anonymous = None
+        if self.confirm_alive is not None and over:
+            if ok:
+                self.world.recorder.note(self.confirm_alive).kept_alive += 1
+            self.confirm_alive = None
+
+    def check_cookies_untouched(
+        self, response: requests.Response, phase: str, before: dict[str, str]
+    ) -> None:
+        """A refused logout leaves the cookies alone: no cookie deleted, the same session
+        key (the same key with a renewed backup is counted apart: same session)."""
+        changed = [
+            f"{name}{' (deleted)' if deleted else ' (another key)'}"
+            for name, value, deleted in set_cookies(response)
+            if deleted or (name == SESSION_COOKIE and value != before.get(name))
+        ]
+        if changed:
+            self._violation(
+                phase,
+                stats.COOKIES,
+                f"logout answered 503 but set {', '.join(changed)} {_where(response, None)}",
+            )
+        elif set_cookies(response):
+            self.world.recorder.note(phase).renewed_on_503 += 1
 
     def after_revocation(self) -> None:
         """The first request after the runner revoked this user's sessions."""
@@ -357,6 +553,7 @@ class VirtualUser(threading.Thread):
             return
         self.revoked = False
         self.logged_in = False
+        self.confirm_alive = None
         self.acked = None
         self.maybe.clear()
         if body.get("user") is not None:
@@ -380,56 +577,87 @@ class VirtualUser(threading.Thread):
         response: requests.Response | None,
         phase: str,
         db_down: bool,
-    ) -> None:
+        *,
+        may: bool = False,
+    ) -> bool:
+        """Is the answer's user the expected one?  False (and a violation) if not.
+
+        ``db_down``: the login must be withheld (fail closed); ``may``: it may be.
+        """
         user = body.get("user")
         where = _where(response, body)
         if user is not None and user != self.username:
             self._violation(phase, stats.WRONG_USER, f"answered as {user!r} {where}")
-            return
+            return False
         if not self.logged_in:
             if user is not None:
-                self._violation(phase, stats.WRONG_USER, f"logged in while logged out {where}")
-            return
+                after = (
+                    f"after a login refused in {self.confirm_anonymous!r} "
+                    if self.confirm_anonymous
+                    else ""
+                )
+                self._violation(
+                    phase, stats.WRONG_USER, f"logged in while logged out {after}{where}"
+                )
+                return False
+            return True
         if db_down:
             if user is None:
                 self.world.recorder.note(phase).fail_closed_anonymous += 1
-            else:
-                self._violation(phase, stats.FAIL_OPEN, f"login trusted without the DB {where}")
-            return
+                return True
+            self._violation(phase, stats.FAIL_OPEN, f"login trusted without the DB {where}")
+            return False
+        if may and user is None:
+            self.world.recorder.note(phase).fail_closed_anonymous += 1
+            return True
         if user == self.username:
             if self.failclosed_write:
                 # Wrote while its login was withheld: the login must come back all the same.
                 self.failclosed_write = False
                 self.world.recorder.note(phase).logins_back += 1
-            return
+            return True
         detail = "after writing while the database was down " if self.failclosed_write else ""
+        if self.confirm_alive:
+            detail += f"after a logout or revocation refused in {self.confirm_alive!r} "
         self.failclosed_write = False
         self._violation(phase, stats.LOGOUT, f"anonymous {detail}{where}")
         self.logged_in = False
+        return False
 
     def check_data(
         self, body: dict[str, Any], response: requests.Response | None, phase: str
-    ) -> None:
+    ) -> bool:
+        """Does the read show the latest acknowledged value?  False (and a violation) if not."""
         got = (body.get("data") or {}).get("n")
         if self.resync:
             self.resync = False
             self.acked, self.maybe = got, set()
-            return
+            return True
         if got == self.acked:
-            return
+            return True
         if got in self.maybe:
             self.acked, self.maybe = got, set()
-            return
+            return True
+        login = "logged in" if self.logged_in else "anonymous"
+        after = ""
+        if self.confirm_anonymous:
+            after = f" after a login refused in {self.confirm_anonymous!r}"
+        elif self.confirm_alive:
+            after = f" after a logout or revocation refused in {self.confirm_alive!r}"
         self._violation(
             phase,
-            stats.LOST_WRITE,
-            f"read n={got!r}, last acknowledged n={self.acked!r} {_where(response, body)}",
+            stats.ROLLBACK if _older(got, self.acked) else stats.LOST_WRITE,
+            f"read n={got!r}, last acknowledged n={self.acked!r} ({login}{after}) "
+            f"{_where(response, body)}",
         )
         self.acked, self.maybe = got, set()
+        return False
 
     def final_check(self, label: str) -> None:
         """A last read (the runner calls it with the load stopped)."""
         with self.lock:
+            if self.revoked:
+                self.after_revocation()
             for _ in self.world.urls:
                 self.read()
 
@@ -448,7 +676,7 @@ class Replayer(threading.Thread):
             with self.world.replayer_lock:
                 now = time.monotonic()
                 for dead in self.world.due_replays(now, self.per_tick):
-                    if self.world.stop.is_set():
+                    if self.world.stop.is_set() or self.world.pause_replays.is_set():
                         break
                     self.replay(dead)
                     if dead.due:

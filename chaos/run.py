@@ -4,12 +4,22 @@
 (:mod:`chaos.load`) run, and injects the faults one after another; each fault is a phase
 of the table: inject, hold, heal, then a settling time in which recovery problems still
 count against it. It ends with a final check (every user reads back its latest value
-from both servers, with Redis up and then down, and every dead session is replayed
-again), prints the table per fault and exits 1 if any invariant broke.
+from both servers, with Redis up and then down, every dead session is replayed again,
+and the ledger is asked whether it agrees: every live login has an active row, no dead
+session has one), prints the table per fault and exits 1 if any invariant broke.
+
+The ledger faults (``db-readonly``, ``ledger-lock``, ``db-refused``, and ``db-down``,
+which refuses connections during a Redis outage) hit the moments that need the ledger:
+a few users log out just before the fault and log in while it lasts, the others log out
+more often, the runner revokes some sessions during it (that must raise
+``LedgerUnavailable`` and change nothing) and some once it is over (dead for good), and
+dead sessions are replayed. Each is proved real by a fresh connection that must fail to
+write, and healed only once one can write again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,29 +29,44 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chaos import KNOWN_BUGS, stats
-from chaos.infra import AppServer, Database, InfraError, Topology
-from chaos.load import DeadSession, Replayer, VirtualUser, World
+from chaos.infra import AppServer, Database, FaultUnavailable, InfraError, Topology
+from chaos.load import SESSION_COOKIE, DeadSession, Replayer, VirtualUser, World
 from chaos.stats import Recorder, percentile
 
-#: Every fault, in the order a full run injects them.
+#: Every fault, in the order a full run injects them: the ledger faults between Redis
+#: faults, so that what they left (dead sessions, sessions a refusal kept alive) meets
+#: Redis being emptied, hung and failed over afterwards.
 FAULTS = (
     "kill",
+    "db-readonly",
     "restart",
     "hang",
+    "ledger-lock",
     "pause-write",
     "pause-all",
     "flushall",
+    "db-refused",
     "revoke",
     "db-down",
     "failover",
 )
 SHORT_FAULTS = tuple(f for f in FAULTS if f != "pause-all")
+#: Faults run only when asked for (``--faults``): each shows an open engine finding and
+#: fails the run until the engine changes (then it belongs in FAULTS).
+#: hang-ledger-locked: a backup made newer than the Redis copy during a Redis hang is
+#: rolled back, for good, when Redis answers again while the ledger's rows cannot be read
+#: but its purge queue can (trust table "present / newer / login / unreadable": serve the
+#: Redis copy, renew the backup from it).
+EXTRA_FAULTS = ("hang-ledger-locked",)
+#: The faults during which the ledger cannot record a login, logout or revocation.
+LEDGER_FAULTS = ("db-readonly", "ledger-lock", "db-refused", "db-down")
 
 
 @dataclass
@@ -192,8 +217,12 @@ class Runner:
             "pause-all": lambda: self.fault_pause("ALL"),
             "flushall": self.fault_flushall,
             "revoke": self.fault_revoke,
+            "db-readonly": self.fault_db_readonly,
+            "ledger-lock": self.fault_ledger_lock,
+            "db-refused": self.fault_db_refused,
             "db-down": self.fault_db_down,
             "failover": self.fault_failover,
+            "hang-ledger-locked": self.fault_hang_ledger_locked,
         }
         for name in options.faults:
             if world.stop.is_set():
@@ -315,25 +344,202 @@ class Runner:
         self.topology.start_empty(node)
         self.healed()
 
+    # ledger faults -------------------------------------------------------------------------
+
+    def before_ledger_fault(self) -> None:
+        """A few users log out now and stay out until the fault: their logins meet it."""
+        assert self.world is not None
+        if self.options.logout_rate <= 0:
+            return
+        until = time.monotonic() + 8.0
+        for user in self.logged_in_users(max(2, self.options.users // 10)):
+            user.stay_out_until = until
+            user.logout_requested = True
+        self.wait(0.8)
+
+    def ledger_down(self, name: str, apply: Callable[[], str], *, db_down: bool = False) -> bool:
+        """Apply a ledger fault with every user paused, prove it real, and flag it."""
+        assert self.world is not None and self.database is not None
+        with self.world.quiesce():
+            try:
+                how = apply()
+            except FaultUnavailable as error:
+                self.recorder.note(self.world.phase).extra.append(f"SKIPPED: {error}")
+                self.log(f"{name} skipped: {error}")
+                return False
+            write, read = self.database.probe()
+            self.world.ledger_fault = name
+            self.world.db_down = db_down
+        note = self.recorder.note(self.world.phase)
+        note.extra.append(
+            f"{how}; a fresh connection: write {'fails (' + write + ')' if write else 'WORKS'}, "
+            f"read {'fails (' + read + ')' if read else 'works'}"
+        )
+        if write is None:
+            self.world_violation(
+                self.world.phase, stats.FAULT, f"{name}: a fresh connection can still write"
+            )
+        return True
+
+    def ledger_up(self, heal: Callable[[], None]) -> None:
+        """Heal with every user paused; the ledger must take writes again."""
+        assert self.world is not None and self.database is not None
+        with self.world.quiesce():
+            heal()
+            deadline = time.monotonic() + 10
+            while (problem := self.database.probe()[0]) is not None:
+                if time.monotonic() > deadline:
+                    raise InfraError(f"the ledger did not heal: {problem}")
+                time.sleep(0.1)
+            self.world.ledger_fault = None
+            self.world.db_down = False
+
+    def revoke_some(self, *, ledger_down: bool) -> None:
+        """Revoke a few logged-in users in the runner, as a site's admin would.
+
+        With the ledger down it must raise ``LedgerUnavailable`` and change nothing (the
+        victims stay logged in, checked once the fault is over); once it returned, the
+        victims' sessions are dead for good (replayed from then on).
+        """
+        assert self.world is not None
+        world = self.world
+        victims = self.logged_in_users(max(1, self.options.users // 10))
+        if not victims:
+            return
+        from django.db import connections
+
+        from django_resilient_sessions.exceptions import LedgerUnavailable
+        from django_resilient_sessions.models import UserSession
+
+        phase = world.phase
+        note = self.recorder.note(phase)
+        with world.quiesce(victims):
+            names = [u.username for u in victims]
+            try:
+                revoked = UserSession.objects.filter(user__username__in=names).revoke()
+            except LedgerUnavailable as error:
+                for user in victims:
+                    user.confirm_alive = phase
+                note.extra.append(
+                    f"revocation of {len(victims)} users raised LedgerUnavailable "
+                    f"({str(error).splitlines()[0][:80]})"
+                )
+                if not ledger_down:
+                    self.world_violation(
+                        phase, stats.ERROR, f"revocation raised with the ledger up: {error}"
+                    )
+                return
+            finally:
+                connections.close_all()
+            now = time.monotonic()
+            for user in victims:
+                world.bury(DeadSession(user.username, "revoked", user.cookies(), phase, now))
+                user.revoked = True
+        note.extra.append(f"{len(victims)} users revoked ({revoked} sessions) with the ledger up")
+        if ledger_down:
+            self.world_violation(
+                phase, stats.BYPASS, f"revocation of {names} returned while the ledger was down"
+            )
+
+    def hold_ledger_fault(self) -> None:
+        self.wait(self.hold / 3)
+        self.request_logouts()
+        self.revoke_some(ledger_down=True)
+        assert self.world is not None
+        self.world.replay_all_soon()
+        self.wait(self.hold / 3)
+        self.world.replay_all_soon()
+        self.wait(self.hold / 3)
+
+    def fault_ledger(self, name: str, apply: Callable[[], str], heal: Callable[[], None]) -> None:
+        """A ledger fault with Redis up: logins, logouts and revocations meet it."""
+        self.phase(name)
+        self.before_ledger_fault()
+        if not self.ledger_down(name, apply):
+            self.healed()
+            return
+        self.hold_ledger_fault()
+        self.ledger_up(heal)
+        self.revoke_some(ledger_down=False)
+        self.healed()
+
+    def fault_db_readonly(self) -> None:
+        assert self.database is not None
+        self.fault_ledger("DB read-only", self.database.make_read_only, self.database.make_writable)
+
+    def fault_ledger_lock(self) -> None:
+        assert self.database is not None
+        self.fault_ledger(
+            "ledger table locked", self.database.lock_ledger, self.database.unlock_ledger
+        )
+
+    def fault_db_refused(self) -> None:
+        assert self.database is not None
+        database = self.database
+
+        def apply() -> str:
+            database.take_down()
+            return "connections refused (" + (
+                "the SQLite file replaced by a directory)"
+                if database.kind == "sqlite"
+                else "ALLOW_CONNECTIONS false, backends terminated)"
+            )
+
+        self.fault_ledger("DB refused (Redis up)", apply, database.bring_up)
+
     def fault_db_down(self) -> None:
+        """Connections refused during a Redis outage: logins wait for the ledger (fail closed)."""
         assert self.topology is not None and self.world is not None
         assert self.database is not None
+        database = self.database
         self.phase("DB down during outage")
+        self.before_ledger_fault()
         node = self.topology.kill_master()
         self.wait(0.5)
-        with self.world.quiesce():
-            self.database.take_down()
-            self.world.db_down = True
-        self.wait(self.hold / 2)
-        # Dead sessions (logged out, revoked) while nothing can vouch for a login.
-        self.world.replay_all_soon()
-        self.wait(self.hold / 2)
-        with self.world.quiesce():
-            self.database.bring_up()
-            self.world.db_down = False
+
+        def apply() -> str:
+            database.take_down()
+            return "connections refused, Redis down"
+
+        self.ledger_down("DB down during outage", apply, db_down=True)
+        # Dead sessions (logged out, revoked) while nothing can vouch for a login; logins,
+        # logouts and a revocation that the ledger cannot record.
+        self.hold_ledger_fault()
+        self.ledger_up(database.bring_up)
         # Users come back while Redis is still down: their backups are vouched for again.
+        self.revoke_some(ledger_down=False)
         self.wait(max(1.5, self.hold / 2))
         self.topology.start_empty(node)
+        self.healed()
+
+    def fault_hang_ledger_locked(self) -> None:
+        """Redis comes back from a hang while the ledger table is locked.
+
+        During the hang every save goes to the backup only, which grows newer than the
+        Redis copy; when Redis answers again the newer backup needs the ledger to win
+        ("present / newer / login" asks the row). With only the ledger's table locked, the
+        purge queue is readable, the breaker closes, the row is unreadable, and the table
+        says: serve the Redis copy and renew the backup from it. The run checks what the
+        users then read.
+        """
+        assert self.topology is not None and self.world is not None
+        assert self.database is not None
+        database = self.database
+        name = "redis back from a hang, ledger locked"
+        self.phase(name)
+        node = self.topology.hang_master()
+        self.wait(self.hold)  # writes go to the backups only
+        self.ledger_down(name, database.lock_ledger, db_down=True)
+        self.wait(1.0)
+        with self.world.quiesce():
+            node.resume()
+            # A worker still on backups withholds the login; one back on Redis serves it.
+            self.world.db_down = False
+            self.world.may_fail_closed = True
+        self.hold_ledger_fault()
+        self.ledger_up(database.unlock_ledger)
+        with self.world.quiesce():
+            self.world.may_fail_closed = False
         self.healed()
 
     def fault_failover(self) -> None:
@@ -370,6 +576,56 @@ class Runner:
                     self.replayer.replay(item, url)
             if node is not None:
                 self.topology.start_empty(node)
+        self.phase("final check (ledger)")
+        self.ledger_agrees(dead)
+
+    def ledger_agrees(self, dead: list[DeadSession]) -> None:
+        """Every live login has an active ledger row; no dead session (logged out with a
+        200, revoked by a call that returned) has one: whatever the faults did, the
+        ledger holds what the users were told."""
+        assert self.world is not None
+        from django.db import connections
+
+        from django_resilient_sessions.cachecopy import hash_key
+        from django_resilient_sessions.ledger import batches
+        from django_resilient_sessions.models import UserSession
+
+        def active(hashes: list[str]) -> set[tuple[str, str]]:
+            found: set[tuple[str, str]] = set()
+            for batch in batches(hashes):
+                rows = UserSession.objects.active().filter(key_hash__in=list(batch))
+                found.update(rows.values_list("key_hash", "user__username"))
+            return found
+
+        phase = self.world.phase
+        live = {
+            hash_key(key): user.username
+            for user in self.world.users
+            if user.logged_in and not user.revoked and (key := user.cookies().get(SESSION_COOKIE))
+        }
+        ended = {hash_key(key): item for item in dead if (key := item.cookies.get(SESSION_COOKIE))}
+        try:
+            rows = active(list(live))
+            dead_rows = active(list(ended))
+        finally:
+            connections.close_all()
+        for key_hash, name in live.items():
+            if (key_hash, name) not in rows:
+                self.world.violation(
+                    phase, stats.LEDGER, name, "logged in, but its session has no active row"
+                )
+        for key_hash, _name in dead_rows:
+            item = ended[key_hash]
+            self.world.violation(
+                phase,
+                stats.LEDGER,
+                item.who,
+                f"{item.kind} session (ended in {item.phase!r}) still has an active row",
+            )
+        self.recorder.note(phase).extra.append(
+            f"{len(live)} live logins, {len(rows)} with an active row; "
+            f"{len(ended)} dead sessions, {len(dead_rows)} with an active row"
+        )
 
     def hang_latency(self) -> None:
         """The breaker's promise while Redis hangs, counted after the hang's first second.
@@ -431,6 +687,16 @@ class Runner:
             for w in self.hangs:
                 out.write(f"{w.phase},{w.start:.4f},{w.end:.4f}\n")
 
+    def abort(self, reason: str) -> int:
+        """The run broke off (an exception): record it, stop the load, print the table."""
+        if self.world is None:
+            return 2
+        self.world.violation(self.world.phase, stats.ABORTED, "-", reason)
+        self.world.stop.set()
+        time.sleep(1.0)  # let the users' last requests land in the table
+        self.report()
+        return 2
+
     def report(self) -> int:
         self.dump_samples()
         self.hang_latency()
@@ -438,6 +704,13 @@ class Runner:
         print()
         print("CHAOS TABLE")
         print(recorder.table())
+        print(
+            "errors: 5xx other than a due 503, no answer, unexpected status. 503 ok/bad: "
+            "ledger refusals due (a login or logout while a ledger fault is in force, "
+            "well-formed) / not due (any other 503). resurrections: a dead session (logout "
+            "answered 200, revocation returned) answered as logged in. rollbacks: a read older "
+            "than a value already read or acknowledged. Latencies are reported, not asserted."
+        )
         print(
             "(+n KEY): occurrences of a known engine bug or documented risk "
             "(chaos.KNOWN_BUGS), reported, not counted as failures unless --no-known-bugs"
@@ -474,22 +747,36 @@ class Runner:
 def main(options: Options) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="drs-chaos-"))
     runner = Runner(options, workdir)
-    deadline_guard = threading.Timer(
-        options.duration * 4 + 300, lambda: os._exit(3)
-    )  # a wedged run must not hang CI forever
+
+    def wedged() -> None:  # a wedged run must not hang CI forever, nor hide its table
+        print("chaos: the run is wedged past its deadline; the table so far:", flush=True)
+        with contextlib.suppress(Exception):
+            print(runner.recorder.table(), flush=True)
+        if runner.database is not None:
+            runner.database.restore_if_down()  # (chattr -i: the directory stays removable)
+        os._exit(3)
+
+    deadline_guard = threading.Timer(options.duration * 4 + 300, wedged)
     deadline_guard.daemon = True
     deadline_guard.start()
     code = 2
+    running = False
     try:
         started = time.monotonic()
         runner.start()
+        running = True
         code = runner.run()
         runner.log(f"finished in {time.monotonic() - started:.0f} s")
     except InfraError as error:
-        print(f"chaos: setup failed: {error}", file=sys.stderr)
-        for server in runner.servers:
-            print(f"--- {server.name} log tail:\n{server.log_tail()}", file=sys.stderr)
-        code = 2
+        what = "a fault or check could not be carried out" if running else "setup failed"
+        print(f"chaos: {what}: {error}", file=sys.stderr)
+        if not running:
+            for server in runner.servers:
+                print(f"--- {server.name} log tail:\n{server.log_tail()}", file=sys.stderr)
+        code = runner.abort(f"{what}: {error}") if running else 2
+    except Exception as error:
+        traceback.print_exc()
+        code = runner.abort(f"{type(error).__name__}: {error}") if running else 2
     finally:
         if code != 0:
             for server in runner.servers:

@@ -55,6 +55,15 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "chaos.urls"
+# The engine's 503 page (a login or logout the ledger could not record, for a client that
+# did not ask for JSON) is a template.
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
 SESSION_ENGINE = "django_resilient_sessions.backends.resilient"
 SESSION_CACHE_ALIAS = "default"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -62,11 +71,24 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 # Virtual users log in a lot; a slow hasher would only measure the hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Users kept per process, so that a database fault meets the engine's ledger and not
+# Django's own auth first (see chaos.auth).
+AUTHENTICATION_BACKENDS = ["chaos.auth.DirectoryBackend"]
+
+#: How long an app statement waits for a lock before failing (the "ledger table locked"
+#: fault): long enough for ordinary contention on a loaded machine (SQLite's writers queue
+#: on it, and a commit's fsync may take a while), short enough that a locked ledger fails
+#: the request quickly instead of holding a sync worker.
+SQLITE_BUSY_TIMEOUT_S = 0.5
+PG_LOCK_TIMEOUT_MS = 200
+PG_STATEMENT_TIMEOUT_MS = 5000
 
 _DB = os.environ.get("CHAOS_DB", "sqlite").strip().lower()
 DATABASES: dict[str, dict[str, Any]]
 if _DB == "sqlite":
-    _options: dict[str, Any] = {"timeout": 20}
+    # SQLite's busy timeout: a BEGIN EXCLUSIVE held by another process fails the
+    # statement after this long (Django's default would wait 5 s).
+    _options: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     if django.VERSION >= (5, 1):
         # Writers take the lock up front instead of failing an upgrade under contention.
         _options["transaction_mode"] = "IMMEDIATE"
@@ -91,7 +113,13 @@ elif _DB == "postgres":
             "NAME": os.environ.get("CHAOS_PG_NAME", "drs_chaos"),
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": {"connect_timeout": 2},
+            # A locked ledger table makes app statements wait: lock_timeout fails them
+            # fast; statement_timeout bounds anything else that would hang a worker.
+            "OPTIONS": {
+                "connect_timeout": 2,
+                "options": f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}ms "
+                f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}ms",
+            },
         }
     }
 else:
@@ -169,5 +197,6 @@ LOGGING: dict[str, Any] = {
             "level": "WARNING",
             "propagate": False,
         },
+        "chaos": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
     },
 }

@@ -34,13 +34,22 @@ class Violation:
 
 
 #: Violation kinds, and the table column each one counts in.
-ERROR = "error"  # 5xx, no answer, or an unexpected status
+ERROR = "error"  # a 5xx other than a due 503, no answer, or an unexpected status
+NOT_DUE_503 = "503 not due"  # a 503 outside a ledger fault, on a read or write, or malformed
 LOST_WRITE = "lost write"
+ROLLBACK = "rollback"  # a read showing an older value than one already read or acknowledged
 LOGOUT = "unexpected logout"
-REPLAY = "replay accepted"
+REPLAY = "resurrection"  # a dead session (logged out, revoked) answered as logged in
+# The rest count in "other viol.":
 FAIL_OPEN = "logged in while the database was down"
 WRONG_USER = "wrong user"
 LATENCY = "latency"
+BYPASS = "done while the ledger was unavailable"  # a login, logout or revocation that
+# succeeded while the ledger could not have recorded it
+COOKIES = "refused logout changed cookies"
+LEDGER = "ledger disagrees"  # final check: a live login with no active row, a dead one with one
+FAULT = "fault not in effect"  # a fresh connection could still write (the fault is not real)
+ABORTED = "run aborted"
 
 
 @dataclass
@@ -52,11 +61,19 @@ class PhaseNotes:
     examples: list[str] = field(default_factory=list)
     replays_with_data: int = 0  # replays answered with (anonymous) session data
     extra: list[str] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)  # due 503s, by request kind
+    kept_alive: int = 0  # sessions a 503 logout or a failed revocation left logged in
+    kept_anonymous: int = 0  # 503 logins after which the user was anonymous, data kept
+    renewed_on_503: int = 0  # refused logouts that renewed the backup cookie (same session)
 
 
 def _with_known(violations: int, known: int, key: str) -> str:
     """A table cell: the violations, plus the known bug's occurrences (not failures)."""
     return f"{violations} (+{known} {key})" if known else str(violations)
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,52 +125,49 @@ class Recorder:
             "fault",
             "requests",
             "errors",
+            "503 ok/bad",
             "lost writes",
+            "rollbacks",
             "unexp. logouts",
-            "replays acc/sent",
+            "resurrections",
+            "replays",
             "other viol.",
             "p50 ms",
             "p99 ms",
         )
-        rows: list[tuple[str, ...]] = []
-        main = {ERROR, LOST_WRITE, LOGOUT, REPLAY}
-        for phase in self.phases:
-            samples = [s for s in self.samples if s.phase == phase]
+        main = {ERROR, NOT_DUE_503, LOST_WRITE, ROLLBACK, LOGOUT, REPLAY}
+
+        def row(name: str, phases: list[str]) -> tuple[str, ...]:
+            chosen = set(phases)
+            samples = [s for s in self.samples if s.phase in chosen]
+            violations = [v for v in self.violations if v.phase in chosen]
+            notes = [self.notes[p] for p in phases if p in self.notes]
             latencies = [s.ms for s in samples if s.kind != "replay"]
-            other = sum(1 for v in self.violations if v.phase == phase and v.kind not in main)
-            note = self.notes.get(phase, PhaseNotes())
-            rows.append(
-                (
-                    phase,
-                    str(len(samples)),
-                    str(self.count(phase, ERROR)),
-                    str(self.count(phase, LOST_WRITE)),
-                    str(self.count(phase, LOGOUT)),
-                    _with_known(self.count(phase, REPLAY), note.stale_copies, "R1")
-                    + f"/{self.replays_sent[phase]}",
-                    str(other),
-                    f"{percentile(latencies, 50):.1f}",
-                    f"{percentile(latencies, 99):.1f}",
-                )
+
+            def count(kind: str) -> int:
+                return sum(1 for v in violations if v.kind == kind)
+
+            refused = sum(sum(n.refused.values()) for n in notes)
+            stale = sum(n.stale_copies for n in notes)
+            return (
+                name,
+                str(len(samples)),
+                str(count(ERROR)),
+                f"{refused}/{count(NOT_DUE_503)}",
+                str(count(LOST_WRITE)),
+                str(count(ROLLBACK)),
+                str(count(LOGOUT)),
+                _with_known(count(REPLAY), stale, "R1"),
+                str(sum(self.replays_sent[p] for p in phases)),
+                str(sum(1 for v in violations if v.kind not in main)),
+                _ms(percentile(latencies, 50)),
+                _ms(percentile(latencies, 99)),
             )
-        notes = list(self.notes.values())
 
-        def violations(kind: str) -> int:
-            return sum(1 for v in self.violations if v.kind == kind)
-
-        total = [
-            "TOTAL",
-            str(len(self.samples)),
-            str(violations(ERROR)),
-            str(violations(LOST_WRITE)),
-            str(violations(LOGOUT)),
-            _with_known(violations(REPLAY), sum(n.stale_copies for n in notes), "R1")
-            + f"/{sum(self.replays_sent.values())}",
-            str(sum(1 for v in self.violations if v.kind not in main)),
-            f"{percentile([s.ms for s in self.samples if s.kind != 'replay'], 50):.1f}",
-            f"{percentile([s.ms for s in self.samples if s.kind != 'replay'], 99):.1f}",
-        ]
-        rows.append(tuple(total))
+        rows = [row(phase, [phase]) for phase in self.phases]
+        stray = sorted({v.phase for v in self.violations} - set(self.phases))
+        rows += [row(phase, [phase]) for phase in stray]
+        rows.append(row("TOTAL", self.phases + stray))
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
 
         def line(cells: tuple[str, ...] | list[str]) -> str:
@@ -183,6 +197,23 @@ class Recorder:
                 parts.append(
                     f"{note.replays_with_data} replays of dead sessions answered anonymously "
                     "but with their session data (fail closed keeps the data: docs/security.md)"
+                )
+            if note.refused:
+                kinds = ", ".join(f"{n} {kind}s" for kind, n in sorted(note.refused.items()))
+                parts.append(f"answered 503 while the ledger was unavailable: {kinds}")
+            if note.kept_anonymous:
+                parts.append(
+                    f"{note.kept_anonymous} refused logins left the user anonymous with its data"
+                )
+            if note.kept_alive:
+                parts.append(
+                    f"{note.kept_alive} sessions whose logout or revocation was refused were "
+                    "still logged in, with their data, once the ledger answered"
+                )
+            if note.renewed_on_503:
+                parts.append(
+                    f"{note.renewed_on_503} refused logouts renewed the backup cookie "
+                    "(same session)"
                 )
             parts += note.extra
             parts += [f"e.g. {example}" for example in note.examples]
