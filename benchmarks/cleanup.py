@@ -30,13 +30,14 @@ USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/1
 
 _PG_TRACKING = """
 INSERT INTO {table} (key_hash, user_id, created_at, last_activity, expires_at, ended_at,
-                     end_reason, ip, user_agent, device_type, browser, os, backup_version)
+                     end_reason, ip, user_agent, device_type, browser, os, backup_version,
+                     auth_backend, auth_hash)
 SELECT encode(sha256(('drs-bench-' || g)::bytea), 'hex'),
        %s + g %% %s,
        now() - interval '90 days',
        now() - interval '62 days',
        now() - interval '31 days' - (g %% 2592000) * interval '1 second',
-       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0
+       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0, '', ''
 FROM generate_series(1, %s) AS g
 """
 
@@ -54,11 +55,12 @@ _SQLITE_TRACKING = (
     _SERIES
     + """
 INSERT INTO {table} (key_hash, user_id, created_at, last_activity, expires_at, ended_at,
-                     end_reason, ip, user_agent, device_type, browser, os, backup_version)
+                     end_reason, ip, user_agent, device_type, browser, os, backup_version,
+                     auth_backend, auth_hash)
 SELECT printf('%%064x', n), %s + n %% %s,
        datetime('now', '-90 days'), datetime('now', '-62 days'),
        datetime('now', '-31 days', '-' || (n %% 2592000) || ' seconds'),
-       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0
+       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0, '', ''
 FROM g
 """
 )

@@ -55,16 +55,16 @@ FAULTS = (
     "db-refused",
     "revoke",
     "db-down",
+    "hang-ledger-locked",
     "failover",
 )
-SHORT_FAULTS = tuple(f for f in FAULTS if f != "pause-all")
+#: The short run (make test) leaves out the slowest faults.
+SHORT_FAULTS = tuple(f for f in FAULTS if f not in ("pause-all", "hang-ledger-locked"))
 #: Faults run only when asked for (``--faults``): each shows an open engine finding and
-#: fails the run until the engine changes (then it belongs in FAULTS).
-#: hang-ledger-locked: a backup made newer than the Redis copy during a Redis hang is
-#: rolled back, for good, when Redis answers again while the ledger's rows cannot be read
-#: but its purge queue can (trust table "present / newer / login / unreadable": serve the
-#: Redis copy, renew the backup from it).
-EXTRA_FAULTS = ("hang-ledger-locked",)
+#: fails the run until the engine changes (then it belongs in FAULTS). None at present:
+#: hang-ledger-locked (writes of a hang lost when Redis answered while the ledger's rows
+#: could not be read) is fixed, and part of the full run.
+EXTRA_FAULTS: tuple[str, ...] = ()
 #: The faults during which the ledger cannot record a login, logout or revocation.
 LEDGER_FAULTS = ("db-readonly", "ledger-lock", "db-refused", "db-down")
 

@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
 LOGIN_AT_KEY = "_resilient_login_at"
 SEEN_AT_KEY = "_resilient_seen_at"
 ROW_EXPIRY_KEY = "_resilient_row_expiry"
+ROW_HASH_KEY = "_resilient_row_hash"
 AUTH_KEYS = (
     "_auth_user_id",
     "_auth_user_backend",
@@ -66,6 +67,7 @@ AUTH_KEYS = (
     LOGIN_AT_KEY,
     SEEN_AT_KEY,
     ROW_EXPIRY_KEY,
+    ROW_HASH_KEY,
 )
 """The part of a session that makes it a login: Django's auth keys and ours."""
 

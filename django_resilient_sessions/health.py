@@ -21,6 +21,7 @@ COUNTERS = (
     "cache_errors",
     "cache_skipped",
     "restored_from_backup",
+    "restored_from_ledger",
     "written_back",
     "backups_written",
     "backups_partial",

@@ -11,10 +11,12 @@ spoil the caller's transaction.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any, ParamSpec, TypeVar
@@ -81,6 +83,15 @@ def _db() -> str:
     return router.db_for_write(UserSession)
 
 
+def _one_statement() -> Any:
+    """Room for one statement: none needed in autocommit (a statement is atomic), a
+    savepoint inside a caller's transaction (so a failure does not spoil it)."""
+    using = _db()
+    if transaction.get_connection(using).in_atomic_block:
+        return transaction.atomic(using=using)
+    return contextlib.nullcontext()
+
+
 def when(timestamp: float) -> datetime:
     """A unix time as the database takes it (naive local time under ``USE_TZ = False``)."""
     value = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
@@ -105,6 +116,54 @@ def _user_pk(user_id: Any) -> Any:
 # Logins ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Login:
+    """What a row holds of its login: enough to serve it without any other copy."""
+
+    user_id: str
+    backend: str
+    auth_hash: str
+    login_at: float
+    seen_at: float
+    expires_at: float
+
+
+def _timestamp(value: datetime) -> float:
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value)
+    return value.timestamp()
+
+
+@_guarded
+def login_of(key_hash: str) -> tuple[Row, Login | None]:
+    """The login this session's row vouches for, if its row is active (one ``SELECT``)."""
+    live = ExpressionWrapper(active_q(), output_field=BooleanField())
+    found = list(
+        UserSession.objects.filter(key_hash=key_hash)
+        .annotate(live=live)
+        .values_list(
+            "user_id",
+            "auth_backend",
+            "auth_hash",
+            "created_at",
+            "last_activity",
+            "expires_at",
+            "live",
+        )[:1]
+    )
+    if not found:
+        return Row.MISSING, None
+    owner, backend, auth_hash, created, seen, expires, active = found[0]
+    if not active:
+        return Row.ENDED, None
+    if not (backend and auth_hash):
+        return Row.MISSING, None  # recorded before rows kept their login
+    login = Login(
+        str(owner), backend, auth_hash, _timestamp(created), _timestamp(seen), _timestamp(expires)
+    )
+    return Row.ACTIVE, login
+
+
 @_guarded
 def start(
     key_hash: str,
@@ -113,6 +172,8 @@ def start(
     version: int,
     ip: str | None,
     agent: str,
+    backend: str = "",
+    auth_hash: str = "",
 ) -> tuple[bool, list[str]]:
     """Record a login on this session.
 
@@ -125,18 +186,25 @@ def start(
     cannot pass the limit together.  A lock conflict (SQLite answers
     "database is locked" at once instead of waiting) is retried once.
     """
+    login = (backend, auth_hash)
     try:
-        return _start(key_hash, user_id, expires_at, version, ip, agent)
+        return _start(key_hash, user_id, expires_at, version, ip, agent, login)
     except OperationalError:
         if transaction.get_connection(_db()).in_atomic_block:
             raise  # the enclosing transaction is spoilt: nothing to retry in
         logger.warning("Recording a login met a lock conflict; retrying once.")
         time.sleep(0.05)
-        return _start(key_hash, user_id, expires_at, version, ip, agent)
+        return _start(key_hash, user_id, expires_at, version, ip, agent, login)
 
 
 def _start(
-    key_hash: str, user_id: Any, expires_at: float, version: int, ip: str | None, agent: str
+    key_hash: str,
+    user_id: Any,
+    expires_at: float,
+    version: int,
+    ip: str | None,
+    agent: str,
+    login: tuple[str, str],
 ) -> tuple[bool, list[str]]:
     now = timezone.now()
     device = describe(agent)
@@ -154,6 +222,8 @@ def _start(
         "browser": device.browser,
         "os": device.os,
         "backup_version": version,
+        "auth_backend": login[0][:255],
+        "auth_hash": login[1][:128],
     }
     evicted: list[str] = []
     with transaction.atomic(using=_db()):
@@ -192,8 +262,16 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
 
 
 @_guarded
-def touch(key_hash: str, user_id: Any, *, version: int, expires_at: float | None = None) -> bool:
-    """Record activity (with ``expires_at``) and the newest backup version served.
+def touch(
+    key_hash: str,
+    user_id: Any,
+    *,
+    version: int,
+    expires_at: float | None = None,
+    auth_hash: str | None = None,
+) -> bool:
+    """Record activity (with ``expires_at``), the newest backup version served, and a
+    changed session auth hash (a password change).
 
     One ``UPDATE``; ``False`` when the session has no active row for
     ``user_id`` any more (ended, expired, or never recorded).
@@ -201,8 +279,10 @@ def touch(key_hash: str, user_id: Any, *, version: int, expires_at: float | None
     fields: dict[str, Any] = {"backup_version": Greatest(F("backup_version"), version)}
     if expires_at is not None:
         fields |= {"last_activity": timezone.now(), "expires_at": when(expires_at)}
+    if auth_hash is not None:
+        fields["auth_hash"] = auth_hash[:128]
     rows = UserSession.objects.filter(active_q(), key_hash=key_hash, user_id=_user_pk(user_id))
-    with transaction.atomic(using=_db()):
+    with _one_statement():
         return bool(rows.update(**fields))
 
 
@@ -302,7 +382,8 @@ def queue(key_hashes: Sequence[str]) -> None:
 @_guarded
 def release(key_hashes: Sequence[str]) -> None:
     """Redis did not take these in-flight deletions: they are pending now."""
-    PendingPurge.objects.filter(key_hash__in=list(key_hashes)).update(in_flight=False)
+    with _one_statement():
+        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).update(in_flight=False)
 
 
 @_guarded
@@ -320,7 +401,8 @@ def queued(limit: int, upto: int) -> list[str]:
 
 @_guarded
 def unqueue(key_hashes: Sequence[str]) -> None:
-    PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()
+    with _one_statement():
+        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()
 
 
 @_guarded

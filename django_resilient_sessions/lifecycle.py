@@ -11,16 +11,25 @@ run ahead of its row's by more than that (``set_expiry()``).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from django.contrib.auth import SESSION_KEY
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import AnonymousUser
 
-from .conf import AUTH_KEYS, LOGIN_AT_KEY, ROW_EXPIRY_KEY, SEEN_AT_KEY, conf
+from .conf import AUTH_KEYS, LOGIN_AT_KEY, ROW_EXPIRY_KEY, ROW_HASH_KEY, SEEN_AT_KEY, conf
 from .exceptions import LedgerUnavailable, SessionLimitExceeded
 from .models import EndReason
 
-__all__ = ["on_user_logged_in", "renewal_due", "stamp", "strip_login", "timed_out"]
+__all__ = [
+    "fingerprint",
+    "hash_changed",
+    "on_user_logged_in",
+    "renewal_due",
+    "stamp",
+    "strip_login",
+    "timed_out",
+]
 
 
 def renewal_due(data: dict[str, Any], now: float, expires_at: float | None = None) -> bool:
@@ -33,12 +42,25 @@ def renewal_due(data: dict[str, Any], now: float, expires_at: float | None = Non
     return expires_at is not None and expires_at - data.get(ROW_EXPIRY_KEY, 0) > interval
 
 
+def fingerprint(auth_hash: str) -> str:
+    """A short fingerprint of a session auth hash, to notice that it changed."""
+    return hashlib.blake2b(auth_hash.encode(), digest_size=6).hexdigest()
+
+
+def hash_changed(data: dict[str, Any]) -> bool:
+    """Has the session auth hash changed since the row got it (a password change)?"""
+    auth_hash = data.get(HASH_SESSION_KEY)
+    return bool(auth_hash) and fingerprint(str(auth_hash)) != data.get(ROW_HASH_KEY)
+
+
 def stamp(data: dict[str, Any], now: float, expires_at: float, *, login: bool = False) -> None:
     """Record in ``data`` what the ledger row now says."""
     if login:
         data[LOGIN_AT_KEY] = int(now)
     data[SEEN_AT_KEY] = int(now)
     data[ROW_EXPIRY_KEY] = int(expires_at)
+    if data.get(HASH_SESSION_KEY):
+        data[ROW_HASH_KEY] = fingerprint(str(data[HASH_SESSION_KEY]))
 
 
 def strip_login(data: dict[str, Any]) -> dict[str, Any]:

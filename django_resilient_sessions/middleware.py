@@ -61,8 +61,15 @@ def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
         )
     else:
         context = {"title": title, "message": message}
-        page = render_to_string("django_resilient_sessions/unavailable.html", context, request)
-        response = HttpResponse(page, status=status)
+        try:
+            page = render_to_string("django_resilient_sessions/unavailable.html", context, request)
+        # No template engine finds the app's templates (TEMPLATES without
+        # APP_DIRS, or none at all): the refusal must still not be a 500.
+        except Exception:
+            response = HttpResponse(f"{title}\n\n{message}\n", status=status)
+            response["Content-Type"] = "text/plain; charset=utf-8"
+        else:
+            response = HttpResponse(page, status=status)
     if status == 503:
         response["Retry-After"] = "5"
     return response

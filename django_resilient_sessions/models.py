@@ -87,6 +87,12 @@ class UserSession(models.Model):
     # The newest backup version served while Redis could not be used (or at
     # the last activity update): an older backup of this login is a rollback.
     backup_version = models.PositiveBigIntegerField(_("backup version"), default=0)
+    # What the login needs besides its session key (Django's auth backend path
+    # and session auth hash), so that a client without its backup cookie (an
+    # app with a session token) stays logged in while Redis cannot answer.
+    # Neither lets anyone in without the session key, which is not stored.
+    auth_backend = models.CharField(_("authentication backend"), max_length=255, blank=True)
+    auth_hash = models.CharField(_("session auth hash"), max_length=128, blank=True)
 
     objects = UserSessionQuerySet.as_manager()
 

@@ -83,6 +83,7 @@ class Serve(Enum):
     CACHE = "cache"
     BACKUP = "backup"
     BACKUP_WITHOUT_LOGIN = "backup, login withheld"
+    LEDGER_LOGIN = "the login alone, from its row"
     NOTHING = "nothing"
     ASK_LEDGER = "ask the ledger"
 
@@ -149,6 +150,8 @@ ENDED = "ended"
 ROW_ENDED = "row ended"
 ROW_MISSING = "row missing"
 ROLLBACK = "older than a backup already served"
+LEDGER_LOGIN = "no copy: the row vouches for the login"
+UNREADABLE_NOTHING = "no copy, ledger unreadable"
 TRUSTED_UNCHECKED = "ledger unreadable: login trusted (FAIL_CLOSED off)"
 
 
@@ -174,16 +177,22 @@ def decide(
                 Serve.CACHE, renew=True, reject=backup is Backup.INVALID, reason=backup.value
             )
         return _use_backup(Write.REPLACE, login, row, fail_closed, fallback=_REDIS_WINS)
-    if backup in (Backup.NONE, Backup.INVALID):
-        # Unknown key: never adopt it.  While Redis cannot answer, the session
-        # may be fine there: keep the cookie for when it does.
-        return Decision(
-            Serve.NOTHING,
-            reject=backup is Backup.INVALID,
-            keep_cookies=cache is Cache.UNREACHABLE,
-            reason="no copy",
-        )
     write = Write.RECREATE if cache is Cache.ABSENT else Write.NONE
+    if backup is Backup.NONE:
+        # No copy at hand: only the ledger can say whether this key holds a
+        # login (a client that never carries the backup cookie, such as an app
+        # with a session token).  An unknown key is never adopted; while Redis
+        # cannot answer, the session may be fine there: keep the cookie.
+        if row is Row.NOT_ASKED:
+            return _ASK
+        if row is Row.ACTIVE:
+            return Decision(Serve.LEDGER_LOGIN, write=write, reason=LEDGER_LOGIN)
+        reason = {Row.ENDED: ROW_ENDED, Row.UNREADABLE: UNREADABLE_NOTHING}.get(row, "no copy")
+        return Decision(Serve.NOTHING, keep_cookies=cache is Cache.UNREACHABLE, reason=reason)
+    if backup is Backup.INVALID:
+        return Decision(
+            Serve.NOTHING, reject=True, keep_cookies=cache is Cache.UNREACHABLE, reason="no copy"
+        )
     return _use_backup(write, login, row, fail_closed, fallback=_KEEP_AND_SERVE_NOTHING)
 
 
@@ -196,9 +205,9 @@ def _use_backup(
 ) -> Decision:
     """Serve a backup that would win, once its login (if any) is vouched for.
 
-    ``fallback`` is what to do when it must not win but nothing proves the
-    session over: with a Redis copy, Redis wins; without one, serve nothing
-    and keep the cookies.
+    ``fallback`` is what to do when it must not win (an older backup than one
+    served) but nothing proves the session over: with a Redis copy, Redis
+    wins; without one, serve nothing and keep the cookies.
     """
     if not login:
         return Decision(Serve.BACKUP, write=write, reason="anonymous")
@@ -216,9 +225,9 @@ def _use_backup(
             purge=fallback is _REDIS_WINS,
             reason=ROW_ENDED if row is Row.ENDED else ROW_MISSING,
         )
-    # The ledger cannot answer.
-    if fallback is _REDIS_WINS:
-        return replace(_REDIS_WINS, reason="ledger unreadable: Redis wins")
+    # The ledger cannot answer.  The backup still wins over what it descends
+    # from (its writes must not be lost), but nothing is written back, and its
+    # login is held back (fail closed) until the ledger vouches for it.
     if fail_closed:
         return Decision(Serve.BACKUP_WITHOUT_LOGIN, reason="ledger unreadable: login withheld")
     return Decision(Serve.BACKUP, reason=TRUSTED_UNCHECKED)
@@ -276,6 +285,8 @@ def table(*, fail_closed: bool = True) -> list[tuple[str, str, str, str, Decisio
     for cache in Cache:
         for backup in possible_backups(cache):
             for login in (False, True):
+                if login and _asks_for_a_login(cache, backup):
+                    continue  # no backup: "login" is what the row says
                 first = decide(cache, backup, login, fail_closed=fail_closed)
                 if first.serve is not Serve.ASK_LEDGER:
                     if login and not _login_matters(cache, backup):
@@ -284,8 +295,11 @@ def table(*, fail_closed: bool = True) -> list[tuple[str, str, str, str, Decisio
                     rows.append((cache.value, backup.value, shown, "-", first))
                     continue
                 for row in list(Row)[1:]:
+                    if row is Row.AHEAD and _asks_for_a_login(cache, backup):
+                        continue  # no backup version to be behind
                     decision = decide(cache, backup, login, row, fail_closed=fail_closed)
-                    rows.append((cache.value, backup.value, _yes(login), row.value, decision))
+                    shown = "row" if _asks_for_a_login(cache, backup) else _yes(login)
+                    rows.append((cache.value, backup.value, shown, row.value, decision))
     return rows
 
 
@@ -300,10 +314,11 @@ PROTECTS = {
     ROLLBACK: "no rollback: an older backup than one served",
     ROW_ENDED: "never resurrect: the ledger ended it",
     ROW_MISSING: "never resurrect: a login with no row is not a login",
-    "ledger unreadable: Redis wins": "fail closed: an unconfirmed backup never wins",
     "ledger unreadable: login withheld": "fail closed: the login waits for the ledger",
     TRUSTED_UNCHECKED: "availability over revocation (FAIL_CLOSED off)",
     "no copy": "no fixation: an unknown key is never adopted",
+    LEDGER_LOGIN: "stay logged in without a backup (token clients); its writes are a new branch",
+    UNREADABLE_NOTHING: "fail closed: no login the ledger cannot vouch for",
     ENDED: "never resurrect: the tombstone says it ended",
 }
 
@@ -332,6 +347,10 @@ def possible_backups(cache: Cache) -> list[Backup]:
 
 def _login_matters(cache: Cache, backup: Backup) -> bool:
     return cache is not Cache.TOMBSTONED and backup in (Backup.NEWER, Backup.VALID)
+
+
+def _asks_for_a_login(cache: Cache, backup: Backup) -> bool:
+    return backup is Backup.NONE and cache in (Cache.ABSENT, Cache.UNREACHABLE)
 
 
 def _yes(value: bool) -> str:

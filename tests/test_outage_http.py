@@ -47,6 +47,7 @@ from tests.web import (
     make_user,
     ok,
     redis_key_for_hash,
+    replay,
     session_key,
     set_values,
     whoami,
@@ -274,7 +275,11 @@ def test_new_visitor_and_login_while_redis_is_down(fault_redis: RedisServer) -> 
     assert get_values(client) == {"cart": "3"}
 
 
-def test_client_without_backup_keeps_its_session_cookie(fault_redis: RedisServer) -> None:
+def test_client_without_backup_keeps_its_login_and_session_cookie(
+    fault_redis: RedisServer,
+) -> None:
+    """No backup (an app with a session token, a cookie lost): the login alone, from its
+    ledger row, while Redis hangs; the rest of the session is back with Redis."""
     client = logged_in_with_values(a="1")
     key = session_key(client)
     del client.cookies[BACKUP_COOKIE]
@@ -282,12 +287,11 @@ def test_client_without_backup_keeps_its_session_cookie(fault_redis: RedisServer
     fault_redis.pause()
     try:
         response = client.get("/whoami/")
-        assert ok(response) == {"user": None, "degraded": True}
-        # Unverifiable while Redis hangs, but the session may be fine: not deleted.
+        assert ok(response) == {"user": USERNAME, "degraded": True}
         assert settings.SESSION_COOKIE_NAME not in response.cookies
         assert session_key(client) == key
         response = client.get("/get/")
-        assert ok(response) == {}
+        assert ok(response) == {}  # the login only: the data is in Redis
         assert settings.SESSION_COOKIE_NAME not in response.cookies
     finally:
         fault_redis.resume()
@@ -298,6 +302,18 @@ def test_client_without_backup_keeps_its_session_cookie(fault_redis: RedisServer
     assert session_key(client) == key
     assert cookie(client, BACKUP_COOKIE)  # re-issued with the cache answering
     assert get_values(client) == {"a": "1"}
+
+
+def test_an_unknown_key_without_a_backup_is_never_adopted(fault_redis: RedisServer) -> None:
+    made_up = {settings.SESSION_COOKIE_NAME: "madeupkey" * 4}
+    make_user()
+    assert whoami(replay(made_up)) == {"user": None, "degraded": False}
+    fault_redis.pause()
+    try:
+        assert whoami(replay(made_up)) == {"user": None, "degraded": True}
+        assert whoami(replay(made_up)) == {"user": None, "degraded": True}
+    finally:
+        fault_redis.resume()
 
 
 def test_middleware_issues_a_missing_backup(fault_redis: RedisServer) -> None:

@@ -39,6 +39,8 @@ def add(
         states.append((cache, backup, login, Row.NOT_ASKED, fail_closed, first))
         return
     for row in ROWS:
+        if backup is Backup.NONE and row is Row.AHEAD:
+            continue  # without a backup there is no version to be behind
         decision = trust.decide(cache, backup, login, row, fail_closed=fail_closed)
         assert decision.serve is not Serve.ASK_LEDGER
         states.append((cache, backup, login, row, fail_closed, decision))
@@ -47,12 +49,22 @@ def add(
 STATES = every_state()
 
 
-def test_the_ledger_is_asked_only_for_a_login_from_a_backup_that_would_win() -> None:
+def test_the_ledger_is_asked_only_where_a_login_may_be_served_without_redis() -> None:
+    """For a backup's login that would win, or for a key with no copy at hand at all."""
     for cache, backup, login, row, _, _ in STATES:
         if row is not Row.NOT_ASKED:
-            assert login
-            assert backup in (Backup.NEWER, Backup.VALID)
             assert cache is not Cache.TOMBSTONED
+            if backup is Backup.NONE:
+                assert cache in (Cache.ABSENT, Cache.UNREACHABLE)
+            else:
+                assert login and backup in (Backup.NEWER, Backup.VALID)
+
+
+def test_the_login_alone_only_from_an_active_row_and_without_a_backup() -> None:
+    for cache, backup, _, row, _, decision in STATES:
+        if decision.serve is Serve.LEDGER_LOGIN:
+            assert backup is Backup.NONE and row is Row.ACTIVE
+            assert decision.write is (Write.RECREATE if cache is Cache.ABSENT else Write.NONE)
 
 
 def test_never_resurrect() -> None:
@@ -84,12 +96,12 @@ def test_no_rollback() -> None:
 
 def test_fail_closed() -> None:
     """A login the ledger cannot vouch for is never served, nor written anywhere."""
-    for cache, _, _, row, fail_closed, decision in STATES:
+    for _, backup, _, row, fail_closed, decision in STATES:
         if row is not Row.UNREADABLE:
             continue
-        assert decision.write is Write.NONE
-        if cache is Cache.PRESENT:
-            assert decision.serve is Serve.CACHE  # the unconfirmed backup does not win
+        assert decision.write is Write.NONE  # nothing unconfirmed is written anywhere
+        if backup is Backup.NONE:
+            assert decision.serve is Serve.NOTHING
         elif fail_closed:
             assert decision.serve is Serve.BACKUP_WITHOUT_LOGIN
         else:
@@ -113,10 +125,14 @@ def test_lose_nothing() -> None:
 
 
 def test_no_fixation() -> None:
-    """An unknown session key without a usable backup is never adopted."""
-    for cache, backup, _, _, _, decision in STATES:
+    """An unknown session key without a usable backup is never adopted: without a backup
+    only a login whose row is active is served (the login alone)."""
+    for cache, backup, _, row, _, decision in STATES:
         if cache in (Cache.ABSENT, Cache.UNREACHABLE) and backup in (Backup.NONE, Backup.INVALID):
-            assert decision.serve is Serve.NOTHING
+            if backup is Backup.NONE and row is Row.ACTIVE:
+                assert decision.serve is Serve.LEDGER_LOGIN
+            else:
+                assert decision.serve is Serve.NOTHING
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import SESSION_KEY
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.base import (
     VALID_KEY_CHARS,
     CreateError,
@@ -43,7 +43,7 @@ from .. import (  # _installed first: a clear error when the app is not installe
 from ..breaker import CLOSED
 from ..cachecopy import CacheRead, Entry, SessionCache, hash_key
 from ..client import ClientInfo
-from ..conf import conf
+from ..conf import LOGIN_AT_KEY, ROW_EXPIRY_KEY, ROW_HASH_KEY, SEEN_AT_KEY, conf
 from ..exceptions import CacheUnavailable, LedgerUnavailable, SessionLimitExceeded
 from ..models import EndReason
 from ..trust import Cache, Row, Serve, Store, Write
@@ -87,6 +87,7 @@ class SessionStore(SessionBase):
         self._base = 0  # the Redis version it descends from (0: never in Redis)
         self._parent = NO_TAG  # fingerprint of the copy in hand (its backup's token)
         self._served = 0  # the newest backup version the ledger saw served
+        self._ledger_login: ledger.Login | None = None
         self._partial = False
         self._user: str | None = None  # the login the ledger holds for this key
         self._loaded = False
@@ -159,7 +160,6 @@ class SessionStore(SessionBase):
         login = backup is not None and SESSION_KEY in backup.data
         decision = trust.decide(read.state, state, login, fail_closed=conf.FAIL_CLOSED)
         if decision.serve is Serve.ASK_LEDGER:
-            assert backup is not None
             row = self._row(key_hash, backup)
             decision = trust.decide(read.state, state, login, row, fail_closed=conf.FAIL_CLOSED)
         return self._carry_out(decision, read, backup)
@@ -190,8 +190,12 @@ class SessionStore(SessionBase):
         )
         return backup, state
 
-    def _row(self, key_hash: str, backup: codec.Backup) -> Row:
+    def _row(self, key_hash: str, backup: codec.Backup | None) -> Row:
+        """The ledger's answer: for a backup's login, or, without a backup, for the key."""
         try:
+            if backup is None:
+                row, self._ledger_login = ledger.login_of(key_hash)
+                return row
             row, self._served = ledger.row_state(key_hash, backup.data[SESSION_KEY], backup.version)
         except LedgerUnavailable:
             return Row.UNREADABLE
@@ -213,7 +217,9 @@ class SessionStore(SessionBase):
         if decision.serve is Serve.CACHE:
             assert read.entry is not None
             self.needs_backup = decision.renew
-            return self._use_entry(read.entry, backup)
+            return self._use_entry(read.entry, backup.version if backup else 0)
+        if decision.serve is Serve.LEDGER_LOGIN:
+            return self._use_ledger_login(key_hash, read, decision)
         if decision.serve is Serve.NOTHING or backup is None:
             return self._forget_key()
         data = backup.data
@@ -233,15 +239,17 @@ class SessionStore(SessionBase):
         health.count("restored_from_backup")
         _send(signals.session_restored, key_hash=key_hash, reason=path, partial=backup.partial)
         if decision.write is not Write.NONE:
-            return self._write_back(key_hash, read, backup, data)
+            entry = Entry(self._version, data, codec.token_tag(self.backup_token or ""))
+            return self._write_back(key_hash, read, entry, backup.expires_at - int(time.time()))
         return data
 
-    def _use_entry(self, entry: Entry, backup: codec.Backup | None) -> dict[str, Any]:
-        """Serve the Redis copy.  Versions only go up: past any backup it won over."""
+    def _use_entry(self, entry: Entry, floor: int) -> dict[str, Any]:
+        """Serve the Redis copy.  Versions only go up: past ``floor`` (the version of
+        a backup it won over) and past any the ledger saw served."""
         data = self._use(entry.version, entry.version, entry.data, "cache", in_cache=True)
         if self.session_key is not None:
             self._parent = entry.tag
-            self._version = max(self._version, backup.version if backup else 0, self._served)
+            self._version = max(self._version, floor, self._served)
         return data
 
     def _use(
@@ -260,11 +268,36 @@ class SessionStore(SessionBase):
         self.needs_backup = self.needs_backup or lifecycle.renewal_due(data, now)
         return data
 
-    def _write_back(
-        self, key_hash: str, read: CacheRead, backup: codec.Backup, data: dict[str, Any]
+    def _use_ledger_login(
+        self, key_hash: str, read: CacheRead, decision: trust.Decision
     ) -> dict[str, Any]:
-        entry = Entry(self._version, data, codec.token_tag(self.backup_token or ""))
-        ttl = backup.expires_at - int(time.time())
+        """Serve the login alone, as its row has it (no copy of the session at hand).
+
+        Version 0 and no lineage: any backup of this session wins over it, and
+        what is written on top of it is a branch of its own.
+        """
+        found = self._ledger_login
+        assert found is not None
+        data = {
+            SESSION_KEY: found.user_id,
+            BACKEND_SESSION_KEY: found.backend,
+            HASH_SESSION_KEY: found.auth_hash,
+            LOGIN_AT_KEY: int(found.login_at),
+            SEEN_AT_KEY: int(found.seen_at),
+            ROW_EXPIRY_KEY: int(found.expires_at),
+            ROW_HASH_KEY: lifecycle.fingerprint(found.auth_hash),
+        }
+        data = self._use(0, 0, data, "ledger", in_cache=False)
+        if self.session_key is None:
+            return data  # timed out
+        health.count("restored_from_ledger")
+        if decision.write is not Write.NONE:
+            ttl = int(found.expires_at - time.time())
+            return self._write_back(key_hash, read, Entry(0, data, NO_TAG), ttl)
+        return data
+
+    def _write_back(self, key_hash: str, read: CacheRead, entry: Entry, ttl: int) -> dict[str, Any]:
+        data = entry.data
         try:
             other = self._cache.write_back(key_hash, entry, ttl, read.sha)
         except CacheUnavailable as error:
@@ -287,7 +320,7 @@ class SessionStore(SessionBase):
             return data  # an unreadable value is in the way: stay on the backup
         # Another request wrote a copy meanwhile: it wins.
         self.needs_backup = True
-        return self._use_entry(other.entry, backup)
+        return self._use_entry(other.entry, self._version)
 
     def _forget_key(self) -> dict[str, Any]:
         self._session_key = None
@@ -355,6 +388,8 @@ class SessionStore(SessionBase):
                 self._version + 1,
                 self.client.ip,
                 self.client.user_agent,
+                str(data.get(BACKEND_SESSION_KEY, "")),
+                str(data.get(HASH_SESSION_KEY, "")),
             )
         except LedgerUnavailable:
             self._take_back_login(data)
@@ -392,11 +427,16 @@ class SessionStore(SessionBase):
         if user is None:
             return False
         due = lifecycle.renewal_due(data, now, expires_at)
-        if not (due or skip):
+        rehash = lifecycle.hash_changed(data)
+        if not (due or skip or rehash):
             return False
         try:
             alive = ledger.touch(
-                self.key_hash, user, version=version, expires_at=expires_at if due else None
+                self.key_hash,
+                user,
+                version=version,
+                expires_at=expires_at if due else None,
+                auth_hash=str(data[HASH_SESSION_KEY]) if rehash else None,
             )
         except LedgerUnavailable:
             return False  # activity is not essential; the next save tries again
@@ -407,6 +447,8 @@ class SessionStore(SessionBase):
             self._user = None
         elif due:
             lifecycle.stamp(data, now, expires_at)
+        elif rehash:
+            data[ROW_HASH_KEY] = lifecycle.fingerprint(str(data[HASH_SESSION_KEY]))
         return True
 
     # Saving ----------------------------------------------------------------
