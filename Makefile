@@ -7,10 +7,13 @@
 #   make lint               ruff check, ruff format --check, mypy
 #   make test               lint + pytest (SQLite) + pytest (PostgreSQL, if reachable)
 #                           + Django's own session test suite against our engine
+#                           + the django-allauth site (make test-allauth)
 #                           + the Django 4.2 run + the peer suites (make test-peer)
 #   make test-sqlite        pytest with DRS_TEST_DB=sqlite
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
 #   make test-django-suite  Django's sessions_tests run against our session engine
+#   make test-allauth       django-allauth (login, logout, sessions page, headless API) next to
+#                           our engine through Redis outages (SQLite, then PostgreSQL if reachable)
 #   make test-django42      the suite on Django 4.2 LTS + django-redis 6 (own venv, SQLite)
 #   make django-suite-fetch download Django's sessions_tests for the installed Django version
 #   make test-peer          peer suites: Django's own tests of the session-using apps (SQLite and
@@ -48,6 +51,7 @@ DRS_TEST_PG_PORT ?= 5432
 export DRS_TEST_PG_HOST DRS_TEST_PG_PORT
 
 SUITE_SETTINGS := tests.django_suite.settings
+ALLAUTH_SETTINGS := tests.allauth.settings
 
 # Chromium driven by Playwright in tests/e2e (Playwright's own browser download is not used).
 DRS_CHROMIUM ?= /usr/bin/chromium
@@ -61,7 +65,8 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 	fi
 
 .PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
-	django-suite-fetch test-django42 peer-fetch test-peer bench bench-smoke wrk chaos fuzz clean
+	test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench bench-smoke wrk chaos \
+	fuzz clean
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -138,6 +143,7 @@ test: venv redis chromium
 		echo "PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT): skipping the PostgreSQL run"; \
 	fi
 	@$(MAKE) --no-print-directory test-django-suite
+	@$(MAKE) --no-print-directory test-allauth
 	@$(MAKE) --no-print-directory test-django42
 	@$(MAKE) --no-print-directory test-peer
 
@@ -159,6 +165,23 @@ test-django-suite: venv redis django-suite-fetch
 	@mkdir -p $(ARTIFACTS)
 	DRS_TEST_DB=sqlite DJANGO_SETTINGS_MODULE=$(SUITE_SETTINGS) $(BIN)/pytest tests/django_suite \
 		-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-django-suite.xml $(PYTEST_ARGS)
+
+# The django-allauth site (tests/allauth/, settings of its own) on SQLite, then on PostgreSQL
+# when it answers (required under CI).
+test-allauth: venv redis
+	@mkdir -p $(ARTIFACTS)
+	DRS_TEST_DB=sqlite DJANGO_SETTINGS_MODULE=$(ALLAUTH_SETTINGS) $(BIN)/pytest tests/allauth \
+		-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-allauth-sqlite.xml $(PYTEST_ARGS)
+	@if $(PG_READY); then \
+		echo "DRS_TEST_DB=postgres DJANGO_SETTINGS_MODULE=$(ALLAUTH_SETTINGS) $(BIN)/pytest tests/allauth ..."; \
+		DRS_TEST_DB=postgres DJANGO_SETTINGS_MODULE=$(ALLAUTH_SETTINGS) $(BIN)/pytest tests/allauth \
+			-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-allauth-postgres.xml $(PYTEST_ARGS); \
+	elif [ -n "$${CI:-}" ]; then \
+		echo "error: CI is set but PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" >&2; \
+		exit 1; \
+	else \
+		echo "PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT): skipping the allauth PostgreSQL run"; \
+	fi
 
 # The other supported LTS line: Django 4.2 with django-redis 6, in a venv of its own, on
 # SQLite (the browser, chaos, multi-worker and benchmark tests run once, on the main venv).

@@ -22,6 +22,8 @@ from tests.redis_server import RedisServer, django_cache_pointing_at, forget_dja
 
 DJANGO_SUITE_SETTINGS = "tests.django_suite.settings"
 _DJANGO_SUITE_DIR = Path(__file__).resolve().parent / "django_suite"
+ALLAUTH_SETTINGS = "tests.allauth.settings"
+_ALLAUTH_DIR = Path(__file__).resolve().parent / "allauth"
 # The peer suites' harness (make test-peer): modules run in other processes, never tests here.
 _PEER_DIR = Path(__file__).resolve().parent / "peer"
 
@@ -43,10 +45,11 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_p
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Keep Django's own session tests and the peer suites' harness out of the main run.
+    """Keep Django's own session tests, the allauth site and the peer harness out of the main run.
 
     Django's session tests need ``tests.django_suite.settings`` (see ``make
-    test-django-suite``), which pytest-django exports as DJANGO_SETTINGS_MODULE before
+    test-django-suite``) and the django-allauth tests ``tests.allauth.settings`` (``make
+    test-allauth``), which pytest-django exports as DJANGO_SETTINGS_MODULE before
     collection starts. ``tests/peer/`` holds the harness of ``make test-peer`` (settings
     modules and runners for other projects' suites), tested by ``tests/test_peer_harness.py``.
     """
@@ -55,6 +58,11 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if (
         collection_path.resolve() == _DJANGO_SUITE_DIR
         and os.environ.get("DJANGO_SETTINGS_MODULE") != DJANGO_SUITE_SETTINGS
+    ):
+        return True
+    if (
+        collection_path.resolve() == _ALLAUTH_DIR
+        and os.environ.get("DJANGO_SETTINGS_MODULE") != ALLAUTH_SETTINGS
     ):
         return True
     return None

@@ -1,0 +1,1 @@
+"""django-allauth coexistence: a test site of its own (``make test-allauth``)."""
