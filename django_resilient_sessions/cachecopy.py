@@ -287,9 +287,6 @@ class SessionCache:
         """``DEL`` the entry, no tombstone (a session saved already expired)."""
         self._call(lambda client: client.delete(self.entry_key(key_hash)))
 
-    def exists(self, key_hash: str) -> bool:
-        return self.read(key_hash).state is Cache.PRESENT
-
     def delete(self, key_hashes: Iterable[str], ttl: int | None = None) -> None:
         """End these sessions in Redis: each key's entry becomes its tombstone.
 

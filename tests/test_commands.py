@@ -415,7 +415,7 @@ def test_clearsessions_finishes_purges_queued_during_an_outage(fault_redis: Redi
             # to the hung server would still run once it resumes, so the revocation has
             # to come while the breaker is open, as it does in a busy process.
             with pytest.raises(CacheUnavailable):
-                SessionCache(settings.SESSION_CACHE_ALIAS).exists(key_hash)
+                SessionCache(settings.SESSION_CACHE_ALIAS).read(key_hash)
             assert UserSession.objects.get(key_hash=key_hash).revoke()
         finally:
             fault_redis.resume()

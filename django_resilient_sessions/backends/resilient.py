@@ -591,16 +591,27 @@ class SessionStore(SessionBase):
             return False
         key_hash = hash_key(session_key)
         try:
-            return self._cache.exists(key_hash)
+            state = self._cache.read(key_hash).state
+            if state is not Cache.ABSENT:
+                return state is Cache.PRESENT
         except CacheUnavailable:
             self.degraded = True
-        # Redis cannot say: a login whose row is active exists (django-allauth
-        # prunes its list of sessions on exists(), and its token clients would
-        # be told their session is gone).  The ledger cannot say either: no.
+        # Redis cannot say, or lost the copy: a login whose row is active exists
+        # (its row serves it: django-allauth prunes its session list on exists(),
+        # and tells its token clients their session is gone).  No answer: no.
         try:
             return ledger.is_active(key_hash)
         except LedgerUnavailable:
             return False
+
+    def _may_be_in_redis(self) -> bool:
+        """Could Redis hold a copy of this session (so that ending it must reach Redis)?
+
+        Yes if it was read from or written to Redis, if its lineage went through
+        Redis (``base``), or if it was served from its ledger row (Redis may
+        hold the rest of it).
+        """
+        return self._in_cache or self._base > 0 or self.source == "ledger"
 
     def _login(self) -> str | None:
         """The login this session holds, shows, or holds back (``None``: anonymous)."""
@@ -617,7 +628,7 @@ class SessionStore(SessionBase):
             self._get_session()  # type: ignore[attr-defined]  # what is being ended?
         if own and self._loaded:
             login: bool | None = self._login() is not None
-            in_redis = self._in_cache or self._base > 0
+            in_redis = self._may_be_in_redis()
             ttl = self.get_expiry_age()
         else:
             login, in_redis, ttl = None, True, 0  # not loaded: it may be a login in Redis
@@ -643,7 +654,7 @@ class SessionStore(SessionBase):
         data = self._session  # type: ignore[attr-defined]
         old_key = self.session_key
         user = self._login()
-        old_in_redis = self._in_cache or self._base > 0
+        old_in_redis = self._may_be_in_redis()
         ttl = self.get_expiry_age()
         if user is None or not old_key:
             self._create(record=True)
