@@ -216,7 +216,9 @@ def _use_backup(
     if row is Row.ACTIVE:
         return Decision(Serve.BACKUP, write=write, reason="row active")
     if row is Row.AHEAD:
-        return replace(fallback, reason=ROLLBACK)
+        # A newer backup of this login was served; Redis, if it has a copy, is
+        # older still: neither may win over it.  Serve nothing, touch nothing.
+        return replace(_KEEP_AND_SERVE_NOTHING, reason=ROLLBACK)
     if row in (Row.ENDED, Row.MISSING):
         # The ledger is the authority: a Redis copy that outlived its row goes too.
         return Decision(

@@ -87,6 +87,8 @@ class SessionStore(SessionBase):
         self._base = 0  # the Redis version it descends from (0: never in Redis)
         self._parent = NO_TAG  # fingerprint of the copy in hand (its backup's token)
         self._served = 0  # the newest backup version the ledger saw served
+        # A session refused for this request but perhaps alive (key, holds a login?).
+        self._shadow: tuple[str, bool | None] | None = None
         self._ledger_login: ledger.Login | None = None
         self._partial = False
         self._user: str | None = None  # the login the ledger holds for this key
@@ -221,6 +223,10 @@ class SessionStore(SessionBase):
         if decision.serve is Serve.LEDGER_LOGIN:
             return self._use_ledger_login(key_hash, read, decision)
         if decision.serve is Serve.NOTHING or backup is None:
+            if decision.keep_cookies and self.session_key:
+                # Not served, but not over either: a logout must still end it.
+                login = None if backup is None else SESSION_KEY in backup.data
+                self._shadow = (self.session_key, login)
             return self._forget_key()
         data = backup.data
         if decision.serve is Serve.BACKUP_WITHOUT_LOGIN:
@@ -392,8 +398,9 @@ class SessionStore(SessionBase):
                 str(data.get(HASH_SESSION_KEY, "")),
             )
         except LedgerUnavailable:
-            self._take_back_login(data)
-            raise
+            if self._user != str(user):
+                self._take_back_login(data)  # a new login: not a login without its row
+            raise  # (the same user again: nothing changed, still logged in)
         if not recorded:
             self._take_back_login(data)
             logger.warning("Login refused: the user is at MAX_SESSIONS_PER_USER.")
@@ -404,6 +411,7 @@ class SessionStore(SessionBase):
         lifecycle.stamp(data, now, expires_at, login=True)
         self._user = str(user)
         self._withheld = {}
+        self._served = max(self._served, self._version + 1)  # the row has that version
         tracking.settle(evicted)
 
     def _take_back_login(self, data: dict[str, Any]) -> None:
@@ -428,6 +436,8 @@ class SessionStore(SessionBase):
             return False
         due = lifecycle.renewal_due(data, now, expires_at)
         rehash = lifecycle.hash_changed(data)
+        if version <= self._served and not (due or rehash):
+            return True  # the row already has this version (recorded at login)
         if not (due or skip or rehash):
             return False
         try:
@@ -439,6 +449,8 @@ class SessionStore(SessionBase):
                 auth_hash=str(data[HASH_SESSION_KEY]) if rehash else None,
             )
         except LedgerUnavailable:
+            if skip:
+                raise  # the backup would be this login's only copy, unprotected: refused
             return False  # activity is not essential; the next save tries again
         if not alive:
             # Ended, expired or never recorded: a renewal that finds no row ends the login.
@@ -449,6 +461,7 @@ class SessionStore(SessionBase):
             lifecycle.stamp(data, now, expires_at)
         elif rehash:
             data[ROW_HASH_KEY] = lifecycle.fingerprint(str(data[HASH_SESSION_KEY]))
+        self._served = max(self._served, version)
         return True
 
     # Saving ----------------------------------------------------------------
@@ -488,9 +501,12 @@ class SessionStore(SessionBase):
             confirmed=confirmed,
             reachable=self._cache.breaker.state == CLOSED,
         )
-        recorded = record and self._ledger_before_write(
-            data, version, now, expires_at, skip=store is Store.SKIP
-        )
+        try:
+            recorded = record and self._ledger_before_write(
+                data, version, now, expires_at, skip=store is Store.SKIP
+            )
+        except LedgerUnavailable:
+            return self._unprotected()
         withheld = self._withheld if SESSION_KEY not in data else {}
         backup = data | withheld
         # Serialized once for both copies (they differ only by a withheld login).
@@ -519,7 +535,11 @@ class SessionStore(SessionBase):
                 sealed = self._seal(backup, version, self._base, packed)
         if not stored and record and not recorded and SESSION_KEY in data:
             # The backup is the newest copy of this login: no older one may win.
-            self._note_version(data[SESSION_KEY], version)
+            try:
+                ledger.touch(key_hash, data[SESSION_KEY], version=version)
+            except LedgerUnavailable:
+                return self._unprotected()
+            self._served = max(self._served, version)
         self._version = version
         self._in_cache = stored
         if stored or maybe:
@@ -556,11 +576,18 @@ class SessionStore(SessionBase):
             raise UpdateError  # deleted elsewhere (logout in another tab, revoked)
         raise _Ended
 
-    def _note_version(self, user: Any, version: int) -> None:
-        try:
-            ledger.touch(self.key_hash, user, version=version)
-        except LedgerUnavailable:
-            logger.warning("Could not record the newest backup version of a login.")
+    def _unprotected(self) -> None:
+        """A login's save only a backup would keep, whose version the ledger cannot record.
+
+        An older backup could then win over it (no rollback protection), so it is not
+        acknowledged: a change is refused (``LedgerUnavailable``, HTTP 503, nothing
+        changed), a mere renewal of the backup is skipped.
+        """
+        logger.warning("The ledger cannot record this login's newest backup: save refused.")
+        self.sealed = None
+        if self.modified:
+            raise LedgerUnavailable("the newest backup of this login cannot be recorded")
+        self.interrupted = True
 
     def _seal(
         self, data: dict[str, Any], version: int, base: int, payload: bytes | None = None
@@ -621,13 +648,18 @@ class SessionStore(SessionBase):
 
     def delete(self, session_key: str | None = None) -> None:
         own = session_key is None or session_key == self.session_key
-        key = self.session_key if session_key is None else session_key
-        if key is None:
-            return
-        if own and not hasattr(self, "_session_cache"):
+        if own and not hasattr(self, "_session_cache") and self.session_key:
             self._get_session()  # type: ignore[attr-defined]  # what is being ended?
-        if own and self._loaded:
-            login: bool | None = self._login() is not None
+        key = self.session_key if session_key is None else session_key
+        login: bool | None
+        if own and key is None and self._shadow is not None:
+            # Refused for this request (an older backup than one served), yet alive.
+            (key, login), in_redis, ttl = self._shadow, True, 0
+            self._shadow = None
+        elif key is None:
+            return
+        elif own and self._loaded:
+            login = self._login() is not None
             in_redis = self._may_be_in_redis()
             ttl = self.get_expiry_age()
         else:
@@ -652,6 +684,8 @@ class SessionStore(SessionBase):
 
     def cycle_key(self) -> None:
         data = self._session  # type: ignore[attr-defined]
+        if not self.session_key and self._shadow is not None:
+            self.delete()  # a new key over a session refused but alive: that one ends
         old_key = self.session_key
         user = self._login()
         old_in_redis = self._may_be_in_redis()

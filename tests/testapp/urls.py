@@ -9,6 +9,7 @@ urlpatterns = [
     path("whoami/", views.whoami, name="whoami"),
     path("set/", views.session_set, name="session-set"),
     path("get/", views.session_get, name="session-get"),
+    path("state/", views.session_state, name="session-state"),
     path("expiry/", views.session_expiry, name="session-expiry"),
     path("flush/", views.session_flush, name="session-flush"),
     path("read-then-end-elsewhere/", views.read_then_end_elsewhere),

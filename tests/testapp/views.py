@@ -73,6 +73,21 @@ def session_get(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
+@require_GET
+def session_state(request: HttpRequest) -> JsonResponse:
+    """``whoami`` and ``get`` in one answer: the user and the data of the same request."""
+    user = request.user
+    data = {key: value for key, value in request.session.items() if not key.startswith("_")}
+    return JsonResponse(
+        {
+            "user": user.get_username() if user.is_authenticated else None,
+            "degraded": getattr(request.session, "degraded", None),
+            "data": data,
+        }
+    )
+
+
+@csrf_exempt
 @require_POST
 def session_expiry(request: HttpRequest) -> JsonResponse:
     """``set_expiry(seconds)`` on the session."""
