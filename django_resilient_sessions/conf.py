@@ -60,6 +60,7 @@ LOGIN_AT_KEY = "_resilient_login_at"
 SEEN_AT_KEY = "_resilient_seen_at"
 ROW_EXPIRY_KEY = "_resilient_row_expiry"
 ROW_HASH_KEY = "_resilient_row_hash"
+UNTRACKED_KEY = "_resilient_untracked"
 AUTH_KEYS = (
     "_auth_user_id",
     "_auth_user_backend",
@@ -68,6 +69,7 @@ AUTH_KEYS = (
     SEEN_AT_KEY,
     ROW_EXPIRY_KEY,
     ROW_HASH_KEY,
+    UNTRACKED_KEY,
 )
 """The part of a session that makes it a login: Django's auth keys and ours."""
 

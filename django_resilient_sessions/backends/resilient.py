@@ -43,7 +43,14 @@ from .. import (  # _installed first: a clear error when the app is not installe
 from ..breaker import CLOSED
 from ..cachecopy import CacheRead, Entry, SessionCache, hash_key
 from ..client import ClientInfo
-from ..conf import LOGIN_AT_KEY, ROW_EXPIRY_KEY, ROW_HASH_KEY, SEEN_AT_KEY, conf
+from ..conf import (
+    LOGIN_AT_KEY,
+    ROW_EXPIRY_KEY,
+    ROW_HASH_KEY,
+    SEEN_AT_KEY,
+    UNTRACKED_KEY,
+    conf,
+)
 from ..exceptions import CacheUnavailable, LedgerUnavailable, SessionLimitExceeded
 from ..models import EndReason
 from ..trust import Cache, Row, Serve, Store, Write
@@ -381,6 +388,7 @@ class SessionStore(SessionBase):
                 type(user).__name__,
             )
             lifecycle.stamp(data, now, expires_at, login=True)
+            data[UNTRACKED_KEY] = 1  # no row to keep in step, to move or to end
             self._user = str(user_id)
             return
         self._start(data, user_id, now, expires_at)
@@ -423,6 +431,9 @@ class SessionStore(SessionBase):
     ) -> bool:
         """Keep the ledger in step with a save; ``True`` when it recorded ``version``."""
         user = data.get(SESSION_KEY)
+        if user is not None and data.get(UNTRACKED_KEY):
+            self._user = str(user)
+            return False  # a login the ledger does not track (another user model)
         if user != self._user:
             if self._user is not None:
                 # The login was removed or replaced without logout(): end it first.
@@ -710,7 +721,7 @@ class SessionStore(SessionBase):
             self._version, self._base, self._in_cache = state
             raise
         tracking.settle([old_hash], ttl=ttl)
-        if not moved:
+        if not moved and not data.get(UNTRACKED_KEY):
             # The login had no active row (ended meanwhile): it does not move on.
             security_logger.warning("Session login ended: no active ledger row to move.")
             lifecycle.strip_login(data)
