@@ -403,3 +403,43 @@ def forget_django_redis_pools(url: str) -> None:
         pool = pools.pop(key)
         with contextlib.suppress(Exception):
             pool.disconnect()
+
+
+class CountingConnectionPool(redis.ConnectionPool):
+    """redis-py's pool, counting the connections it hands out (class-wide).
+
+    A command on a pooled connection waits up to the cache alias's socket timeout when
+    Redis hangs; the engine's bounded paths (breaker probe, deletions while the breaker
+    is open) build a connection of their own instead. Counting check-outs tells the two
+    apart without timing anything.
+    """
+
+    checkouts = 0
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).checkouts += 1
+        return super().get_connection(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def counting_pool(alias: str = "default") -> Iterator[type[CountingConnectionPool]]:
+    """Make the django-redis cache ``alias`` use :class:`CountingConnectionPool`.
+
+    Enter it before the alias first connects (its pool is built on first use, per URL).
+    """
+    from django.conf import settings
+    from django.test import override_settings
+
+    caches_conf = {name: dict(conf) for name, conf in settings.CACHES.items()}
+    options = dict(caches_conf[alias].get("OPTIONS", {}))
+    options["CONNECTION_POOL_CLASS"] = (
+        f"{CountingConnectionPool.__module__}.{CountingConnectionPool.__qualname__}"
+    )
+    caches_conf[alias] = {**caches_conf[alias], "OPTIONS": options}
+    forget_django_redis_pools(caches_conf[alias]["LOCATION"])
+    CountingConnectionPool.checkouts = 0
+    try:
+        with override_settings(CACHES=caches_conf):
+            yield CountingConnectionPool
+    finally:
+        forget_django_redis_pools(caches_conf[alias]["LOCATION"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import redis
@@ -62,10 +61,8 @@ def test_pause_times_out_and_resume_recovers(fault_redis: RedisServer) -> None:
         assert conn.ping()
         fault_redis.pause()
         assert fault_redis.paused
-        started = time.monotonic()
         with pytest.raises(redis.exceptions.TimeoutError):
             conn.ping()
-        assert time.monotonic() - started < 2
         fault_redis.resume()
         assert not fault_redis.paused
         assert conn.ping()

@@ -35,7 +35,7 @@ from django_resilient_sessions import health, signals
 from django_resilient_sessions.cachecopy import Entry
 from django_resilient_sessions.conf import conf
 from django_resilient_sessions.models import PendingPurge, UserSession
-from tests.redis_server import RedisServer
+from tests.redis_server import CountingConnectionPool, RedisServer, counting_pool
 from tests.web import (
     BACKUP_COOKIE,
     PASSWORD,
@@ -166,8 +166,17 @@ def test_flushall_sessions_come_back(fault_redis: RedisServer) -> None:
 # -- Redis hung -------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def pool(fault_redis: RedisServer) -> Iterator[type[CountingConnectionPool]]:
+    """The cache's pooled connections, counted (see :func:`counting_pool`)."""
+    with counting_pool() as counted:
+        yield counted
+
+
 @override_settings(RESILIENT_SESSIONS={"BREAKER_COOLDOWN": 0.5})
-def test_hung_redis_costs_one_timeout_then_short_probes(fault_redis: RedisServer) -> None:
+def test_hung_redis_costs_one_timeout_then_short_probes(
+    fault_redis: RedisServer, pool: type[CountingConnectionPool]
+) -> None:
     cooldown = 0.5  # long enough to fit several requests inside it
     assert cooldown == conf.BREAKER_COOLDOWN
     client = logged_in_with_values(a="1")
@@ -179,8 +188,7 @@ def test_hung_redis_costs_one_timeout_then_short_probes(fault_redis: RedisServer
         me = whoami(client)
         first = time.perf_counter() - started
         assert me == {"user": USERNAME, "degraded": True}
-        assert first >= timeout * 0.8  # it did wait on the hung server once...
-        assert first < 2.0  # ...but not for ever
+        assert first >= timeout * 0.8  # it did wait on the hung server once
 
         opened = time.perf_counter()
         for _ in range(3):
@@ -193,11 +201,13 @@ def test_hung_redis_costs_one_timeout_then_short_probes(fault_redis: RedisServer
         # the requests after it do not wait at all.
         wait_cooldown(cooldown)
         errors = health.snapshot()["counters"]["cache_errors"]
+        checkouts = pool.checkouts
         started = time.perf_counter()
         assert whoami(client) == {"user": USERNAME, "degraded": True}
         probe = time.perf_counter() - started
         assert health.snapshot()["counters"]["cache_errors"] == errors + 1  # the probe failed
-        assert conf.BREAKER_PROBE_TIMEOUT * 0.8 <= probe < timeout
+        assert probe >= conf.BREAKER_PROBE_TIMEOUT * 0.8  # it waited for its PING...
+        assert pool.checkouts == checkouts  # ...on a bounded connection, not a pooled one
         assert_skips_redis(lambda: whoami(client), {"user": USERNAME, "degraded": True})
     finally:
         fault_redis.resume()
@@ -210,14 +220,10 @@ def test_hung_redis_costs_one_timeout_then_short_probes(fault_redis: RedisServer
 def assert_skips_redis(request: Any, expected: dict[str, Any]) -> None:
     """The request is answered without waiting on Redis: the breaker skipped it."""
     before = health.snapshot()["counters"]
-    started = time.perf_counter()
     assert request() == expected
-    elapsed = time.perf_counter() - started
     after = health.snapshot()["counters"]
-    timeout = settings.CACHES["default"]["OPTIONS"]["SOCKET_TIMEOUT"]
     assert after["cache_errors"] == before["cache_errors"], "a request waited on Redis"
     assert after["cache_skipped"] > before["cache_skipped"]
-    assert elapsed < timeout, f"request took {elapsed:.3f}s while the breaker was open"
 
 
 def test_write_during_outage_is_newer_than_cache_copy(fault_redis: RedisServer) -> None:
