@@ -1,0 +1,1 @@
+"""The session store, in layers: see :mod:`.state`."""
