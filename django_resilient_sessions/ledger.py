@@ -1,38 +1,37 @@
-"""The ledger: every statement the engine runs against ``UserSession`` and ``PendingPurge``.
+"""The ledger: every statement the engine runs against ``UserSession``.
 
-Database only (Redis is :mod:`.cachecopy`; :mod:`.tracking` composes the two).
-Every function takes key hashes, never session keys, and turns whatever the
-ORM raises into :class:`~.exceptions.LedgerUnavailable`: a ``DatabaseError``,
-but also the ``ValueError`` or ``TypeError`` a driver raises for a value it
-cannot take.  Each write runs in its own ``atomic()`` block (a savepoint inside
-a caller's transaction), so a failure leaves nothing half done and does not
-spoil the caller's transaction.
+Database only (Redis is :mod:`.cachecopy`; :mod:`.tracking` composes the two;
+the deletions queued with an end are :mod:`.outbox`).  Every function takes key
+hashes, never session keys, and is guarded (:mod:`.dbaccess`): whatever the
+database raises becomes :class:`~.exceptions.LedgerUnavailable`.  Each write
+runs in its own ``atomic()`` block (a savepoint inside a caller's transaction),
+so a failure leaves nothing half done and does not spoil the caller's
+transaction.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, router, transaction
+from django.db import OperationalError, transaction
 from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from . import outbox
 from .conf import conf
+from .dbaccess import batches, db, guarded, one_statement, when
 from .devices import describe
-from .exceptions import LedgerUnavailable
-from .models import EndReason, PendingPurge, UserSession, active_q
+from .models import EndReason, UserSession, active_q
 from .trust import Row
+
+logger = logging.getLogger("django_resilient_sessions")
 
 __all__ = [
     "batches",
@@ -40,67 +39,13 @@ __all__ = [
     "end_rows",
     "is_active",
     "live_hashes",
-    "queue",
-    "queue_exists",
-    "queued",
     "rekey",
-    "release",
     "row_state",
     "start",
     "touch",
     "tracks",
-    "unqueue",
     "when",
 ]
-
-logger = logging.getLogger("django_resilient_sessions")
-#: Seconds after which a deletion still "in flight" (its process failed) counts as pending.
-SETTLED = 5.0
-P = ParamSpec("P")
-R = TypeVar("R")
-BATCH = 500
-
-
-def _guarded(function: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(function)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return function(*args, **kwargs)
-        except LedgerUnavailable:
-            raise
-        # The ORM raises DatabaseError subclasses, but a driver or a field may
-        # raise ValueError or TypeError for a value it cannot take (a NUL byte
-        # on PostgreSQL, an aware datetime on a USE_TZ = False SQLite): the
-        # ledger could not answer either way, and the caller fails closed.
-        except Exception as error:
-            logger.error("Session ledger %s failed: %r", function.__name__, error)
-            raise LedgerUnavailable(f"{function.__name__}: {error}") from error
-
-    return wrapper
-
-
-def _db() -> str:
-    return router.db_for_write(UserSession)
-
-
-def _one_statement() -> Any:
-    """Room for one statement: none needed in autocommit (a statement is atomic), a
-    savepoint inside a caller's transaction (so a failure does not spoil it)."""
-    using = _db()
-    if transaction.get_connection(using).in_atomic_block:
-        return transaction.atomic(using=using)
-    return contextlib.nullcontext()
-
-
-def when(timestamp: float) -> datetime:
-    """A unix time as the database takes it (naive local time under ``USE_TZ = False``)."""
-    value = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
-    return value if settings.USE_TZ else timezone.make_naive(value)
-
-
-def batches(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def tracks(user: Any) -> bool:
@@ -134,7 +79,7 @@ def _timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-@_guarded
+@guarded
 def login_of(key_hash: str) -> tuple[Row, Login | None]:
     """The login this session's row vouches for, if its row is active (one ``SELECT``)."""
     live = ExpressionWrapper(active_q(), output_field=BooleanField())
@@ -164,7 +109,7 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
     return Row.ACTIVE, login
 
 
-@_guarded
+@guarded
 def start(
     key_hash: str,
     user_id: Any,
@@ -190,7 +135,7 @@ def start(
     try:
         return _start(key_hash, user_id, expires_at, version, ip, agent, login)
     except OperationalError:
-        if transaction.get_connection(_db()).in_atomic_block:
+        if transaction.get_connection(db()).in_atomic_block:
             raise  # the enclosing transaction is spoilt: nothing to retry in
         logger.warning("Recording a login met a lock conflict; retrying once.")
         time.sleep(0.05)
@@ -226,13 +171,13 @@ def _start(
         "auth_hash": login[1][:128],
     }
     evicted: list[str] = []
-    with transaction.atomic(using=_db()):
+    with transaction.atomic(using=db()):
         if conf.MAX_SESSIONS_PER_USER:
             room = _make_room(pk, key_hash, now)
             if room is None:
                 return False, []
             evicted = room
-            _queue(evicted)  # the outbox: see end_rows
+            outbox.add(evicted)  # the outbox: see end_rows
         # Write first (no SELECT): the statement takes the write lock at once.
         again = fields | {"backup_version": Greatest(F("backup_version"), version)}
         if not UserSession.objects.filter(key_hash=key_hash).update(**again):
@@ -261,7 +206,7 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
     return evicted
 
 
-@_guarded
+@guarded
 def touch(
     key_hash: str,
     user_id: Any,
@@ -282,11 +227,11 @@ def touch(
     if auth_hash is not None:
         fields["auth_hash"] = auth_hash[:128]
     rows = UserSession.objects.filter(active_q(), key_hash=key_hash, user_id=_user_pk(user_id))
-    with _one_statement():
+    with one_statement():
         return bool(rows.update(**fields))
 
 
-@_guarded
+@guarded
 def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
     """May a backup at ``version`` holding ``user_id`` for this session be trusted?
 
@@ -307,19 +252,19 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
     return (Row.AHEAD if version < served else Row.ACTIVE), served
 
 
-@_guarded
+@guarded
 def is_active(key_hash: str) -> bool:
     """Does this session hold an active login?"""
     return bool(UserSession.objects.filter(active_q(), key_hash=key_hash).exists())
 
 
-@_guarded
+@guarded
 def live_hashes(rows: Any) -> list[str]:
     """The key hashes of the rows of ``rows`` (a ``UserSession`` queryset) not yet ended."""
     return list(rows.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
 
 
-@_guarded
+@guarded
 def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> int:
     """Mark these sessions' rows ended and queue their Redis deletions, in one transaction.
 
@@ -330,96 +275,35 @@ def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> i
     """
     ended = 0
     now = timezone.now()
-    with transaction.atomic(using=_db()):
+    with transaction.atomic(using=db()):
         for batch in batches(list(key_hashes)):
             ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
                 ended_at=now, end_reason=reason
             )
             if queue:
-                _queue(batch)
+                outbox.add(batch)
     return ended
 
 
-@_guarded
+@guarded
 def rekey(old_hash: str, new_hash: str) -> int:
     """Move an active row to the session's new key (``cycle_key``), queueing the old key's purge.
 
     Both in one transaction (the outbox of :func:`end_rows`): either the old
     key is dead in the ledger and queued for Redis, or nothing changed.
     """
-    with transaction.atomic(using=_db()):
+    with transaction.atomic(using=db()):
         moved: int = UserSession.objects.filter(active_q(), key_hash=old_hash).update(
             key_hash=new_hash
         )
-        _queue([old_hash])
+        outbox.add([old_hash])
     return moved
-
-
-# The purge queue ------------------------------------------------------------
-
-
-def _queue(key_hashes: Sequence[str], *, in_flight: bool = True) -> None:
-    PendingPurge.objects.bulk_create(
-        [PendingPurge(key_hash=h, in_flight=in_flight) for h in key_hashes],
-        ignore_conflicts=True,
-    )
-
-
-def _due() -> Any:
-    """The queued deletions still to do: not in flight, or in flight too long."""
-    settled = timezone.now() - timedelta(seconds=SETTLED)
-    return PendingPurge.objects.filter(Q(in_flight=False) | Q(created_at__lt=settled))
-
-
-@_guarded
-def queue(key_hashes: Sequence[str]) -> None:
-    """Remember Redis deletions to do once Redis answers."""
-    with transaction.atomic(using=_db()):
-        for batch in batches(list(key_hashes)):
-            _queue(batch, in_flight=False)
-
-
-@_guarded
-def release(key_hashes: Sequence[str]) -> None:
-    """Redis did not take these in-flight deletions: they are pending now."""
-    with _one_statement():
-        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).update(in_flight=False)
-
-
-@_guarded
-def queue_top() -> int:
-    """The newest queue entry's primary key (0 if none): where a drain stops."""
-    return int(PendingPurge.objects.aggregate(top=Max("pk"))["top"] or 0)
-
-
-@_guarded
-def queued(limit: int, upto: int) -> list[str]:
-    """Queued deletions up to primary key ``upto``, in flight or not (a drain does all)."""
-    rows = PendingPurge.objects.filter(pk__lte=upto).order_by("pk")
-    return list(rows.values_list("key_hash", flat=True)[:limit])
-
-
-@_guarded
-def unqueue(key_hashes: Sequence[str]) -> None:
-    with _one_statement():
-        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()
-
-
-@_guarded
-def queue_exists(*, settled_only: bool = False) -> bool:
-    """Is a Redis deletion queued?  ``settled_only``: pending ones (see :func:`_due`)."""
-    return bool((_due() if settled_only else PendingPurge.objects.all()).exists())
-
-
-@_guarded
-def queue_length() -> int:
-    return int(_due().count())
 
 
 # Cleanup ---------------------------------------------------------------------
 
 
-@_guarded
+@guarded
 def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]]:
     """Delete rows past retention and end expired ones among primary keys ``[first, first+size)``.
 
@@ -428,17 +312,17 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
     """
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
     window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size)
-    with transaction.atomic(using=_db()):
+    with transaction.atomic(using=db()):
         # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
         hashes = list(expired.values_list("key_hash", flat=True))
         window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
-        _queue(hashes)  # the outbox: see end_rows
+        outbox.add(hashes)  # the outbox: see end_rows
         deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
     return deleted, hashes
 
 
-@_guarded
+@guarded
 def pk_bounds() -> tuple[int | None, int | None]:
     bounds = UserSession.objects.aggregate(low=Min("pk"), high=Max("pk"))
     return bounds["low"], bounds["high"]

@@ -130,7 +130,7 @@ class PendingPurge(models.Model):
     ``in_flight``: written in the same transaction as the end of a login, and
     deleted once Redis has taken the deletion (an outbox); left behind only if
     the process failed right then, so it counts as pending once it is older
-    than a few seconds (``ledger.SETTLED``).
+    than a few seconds (``outbox.SETTLED``).
     """
 
     key_hash = models.CharField(max_length=64, unique=True)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import health, ledger
+from . import health, outbox
 from .cachecopy import SessionCache, set_gate
 from .conf import conf
 from .exceptions import CacheUnavailable, LedgerUnavailable
@@ -46,7 +46,7 @@ _last_check = time.monotonic()
 def gate(cache: SessionCache) -> bool:
     """May ``cache``'s breaker close?  Only with the queue known to be empty."""
     try:
-        pending = ledger.queue_exists()
+        pending = outbox.queue_exists()
     except LedgerUnavailable:
         logger.warning("Redis answers, but the purge queue cannot be read: still using backups.")
         return False
@@ -96,7 +96,7 @@ def drain(cache: SessionCache, *, max_batches: int | None) -> Drained:
     with cache.breaker.probing():
         try:
             # What was queued when the drain began: logouts after it see to their own.
-            upto = ledger.queue_top()
+            upto = outbox.queue_top()
         except LedgerUnavailable as error:
             logger.warning("Draining the purge queue stopped: %s", error)
             return result
@@ -105,12 +105,12 @@ def drain(cache: SessionCache, *, max_batches: int | None) -> Drained:
                 result.more = True
                 break
             try:
-                hashes = ledger.queued(DRAIN_BATCH, upto)
+                hashes = outbox.queued(DRAIN_BATCH, upto)
                 if not hashes:
                     cache.recovered()
                     break
                 cache.delete(hashes)
-                ledger.unqueue(hashes)
+                outbox.unqueue(hashes)
             except (CacheUnavailable, LedgerUnavailable) as error:
                 logger.warning("Draining the purge queue stopped: %s", error)
                 break
@@ -133,7 +133,7 @@ def check_if_due(cache: SessionCache) -> None:
     try:
         # Not the deletions in flight: every logout has one for a few milliseconds
         # (ledger.end_rows); one whose process failed counts once SETTLED old.
-        pending = ledger.queue_exists(settled_only=True)
+        pending = outbox.queue_exists(settled_only=True)
     except LedgerUnavailable:
         return  # cannot tell: Redis stays trusted on this path (the documented window)
     if pending:

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import health, ledger
+from . import health, ledger, outbox
 from .cachecopy import SessionCache
 from .conf import conf
 from .exceptions import CacheUnavailable, LedgerUnavailable
@@ -81,9 +81,9 @@ def settle(key_hashes: Sequence[str], *, ttl: int = 0, queued: bool = True) -> N
         return
     try:
         if done:
-            ledger.unqueue(done)
+            outbox.unqueue(done)
         if rest:
-            ledger.release(rest)
+            outbox.release(rest)
     except LedgerUnavailable:
         # Left in flight: they count as pending once SETTLED seconds old.
         logger.warning("Could not update the purge queue; the drain will settle it.")
@@ -103,7 +103,7 @@ def remove(key_hashes: Sequence[str], *, queue: bool, ttl: int = 0) -> None:
     if not rest or not queue:
         return
     try:
-        ledger.queue(rest)
+        outbox.queue(rest)
     except LedgerUnavailable:
         logger.warning("Could not queue %d Redis deletions of anonymous sessions.", len(rest))
         return

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from django_resilient_sessions import trust
+from django_resilient_sessions import trust, trusttable
 from django_resilient_sessions.trust import Backup, Cache, Decision, Row, Serve, Store, Write
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "trust-model.md"
@@ -22,7 +22,7 @@ def every_state() -> list[tuple[Cache, Backup, bool, Row, bool, Decision]]:
     """(cache, backup, login, row, fail_closed, final decision) over the whole space."""
     states = []
     for cache, login, fail_closed in itertools.product(Cache, (False, True), (False, True)):
-        for backup in trust.possible_backups(cache):
+        for backup in trusttable.possible_backups(cache):
             add(states, cache, backup, login, fail_closed)
     return states
 
@@ -201,9 +201,9 @@ def test_plan_delete() -> None:
 
 def test_every_decision_says_what_it_protects() -> None:
     for *_, decision in STATES:
-        assert decision.reason in trust.PROTECTS, decision
+        assert decision.reason in trusttable.PROTECTS, decision
 
 
 def test_docs_print_the_decision_table() -> None:
     text = DOC.read_text()
-    assert trust.markdown_table() in text, "docs/trust-model.md: regenerate the table"
+    assert trusttable.markdown_table() in text, "docs/trust-model.md: regenerate the table"

@@ -35,7 +35,7 @@ from django.core.management import call_command
 from django.test import Client, RequestFactory, override_settings
 from django.utils import timezone
 
-from django_resilient_sessions import signals
+from django_resilient_sessions import outbox, signals
 from django_resilient_sessions.backends.resilient import SessionStore
 from django_resilient_sessions.breaker import get_breaker
 from django_resilient_sessions.models import PendingPurge, UserSession
@@ -497,15 +497,13 @@ def test_the_periodic_check_ignores_deletions_in_flight_until_they_settle(
     must not stop trusting Redis for that, only for one left behind by a failure."""
     from datetime import timedelta as delta
 
-    from django_resilient_sessions import ledger
-
     make_user()
     client = Client()
     login(client)
     PendingPurge.objects.create(key_hash=key_hash("in-flight"), in_flight=True)
     with override_settings(RESILIENT_SESSIONS={"PURGE_CHECK_INTERVAL": 0}):
         assert whoami(client) == {"user": "alice", "degraded": False}
-        PendingPurge.objects.update(created_at=timezone.now() - delta(seconds=ledger.SETTLED + 1))
+        PendingPurge.objects.update(created_at=timezone.now() - delta(seconds=outbox.SETTLED + 1))
         # Settled: its process failed before it could finish; now it counts.
         assert whoami(client) == {"user": "alice", "degraded": True}
     assert not PendingPurge.objects.exists()  # drained after that response

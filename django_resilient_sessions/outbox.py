@@ -1,0 +1,83 @@
+"""The outbox of Redis deletions (``PendingPurge``).
+
+An end is recorded in the ledger together with the deletion of its Redis copy
+(:func:`add`, in the same transaction); the process that ended it then deletes
+in Redis and takes the entry off (:func:`unqueue`), or leaves it for the drain
+(:mod:`.purges`) when Redis does not take it (:func:`release`).  Entries are in
+flight while their process still works on them, pending after that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from .dbaccess import batches, db, guarded, one_statement
+from .models import PendingPurge
+
+#: Seconds after which a deletion still "in flight" (its process failed) counts as pending.
+SETTLED = 5.0
+
+
+def add(key_hashes: Sequence[str], *, in_flight: bool = True) -> None:
+    """Queue these deletions (inside the caller's transaction: no guard of its own)."""
+    PendingPurge.objects.bulk_create(
+        [PendingPurge(key_hash=h, in_flight=in_flight) for h in key_hashes],
+        ignore_conflicts=True,
+    )
+
+
+def _due() -> Any:
+    """The queued deletions still to do: not in flight, or in flight too long."""
+    settled = timezone.now() - timedelta(seconds=SETTLED)
+    return PendingPurge.objects.filter(Q(in_flight=False) | Q(created_at__lt=settled))
+
+
+@guarded
+def queue(key_hashes: Sequence[str]) -> None:
+    """Remember Redis deletions to do once Redis answers."""
+    with transaction.atomic(using=db()):
+        for batch in batches(list(key_hashes)):
+            add(batch, in_flight=False)
+
+
+@guarded
+def release(key_hashes: Sequence[str]) -> None:
+    """Redis did not take these in-flight deletions: they are pending now."""
+    with one_statement():
+        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).update(in_flight=False)
+
+
+@guarded
+def queue_top() -> int:
+    """The newest queue entry's primary key (0 if none): where a drain stops."""
+    return int(PendingPurge.objects.aggregate(top=Max("pk"))["top"] or 0)
+
+
+@guarded
+def queued(limit: int, upto: int) -> list[str]:
+    """Queued deletions up to primary key ``upto``, in flight or not (a drain does all)."""
+    rows = PendingPurge.objects.filter(pk__lte=upto).order_by("pk")
+    return list(rows.values_list("key_hash", flat=True)[:limit])
+
+
+@guarded
+def unqueue(key_hashes: Sequence[str]) -> None:
+    with one_statement():
+        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()
+
+
+@guarded
+def queue_exists(*, settled_only: bool = False) -> bool:
+    """Is a Redis deletion queued?  ``settled_only``: pending ones (see :func:`_due`)."""
+    return bool((_due() if settled_only else PendingPurge.objects.all()).exists())
+
+
+@guarded
+def queue_length() -> int:
+    return int(_due().count())
