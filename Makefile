@@ -5,7 +5,9 @@
 #   make chromium           make sure Debian's Chromium is there for the browser test (tests/e2e)
 #   make demo               run the example site (example_project/) on http://127.0.0.1:8000
 #   make lint               ruff check, ruff format --check, mypy
-#   make test               lint + pytest (SQLite) + pytest (PostgreSQL, if reachable)
+#   make docs               the documentation site (Sphinx, warnings are errors) into
+#                           docs/_build/html; installs the `docs` dependency group
+#   make test               lint + docs + pytest (SQLite) + pytest (PostgreSQL, if reachable)
 #                           + Django's own session test suite against our engine
 #                           + the django-allauth site (make test-allauth)
 #                           + the Django 4.2 run + the peer suites (make test-peer)
@@ -64,7 +66,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 		$(BIN)/python -c 'import os, socket; socket.create_connection((os.environ["DRS_TEST_PG_HOST"], int(os.environ["DRS_TEST_PG_PORT"])), timeout=3).close()' >/dev/null 2>&1; \
 	fi
 
-.PHONY: help venv redis chromium demo lint test test-sqlite test-postgres test-django-suite \
+.PHONY: help venv redis chromium demo lint docs test test-sqlite test-postgres test-django-suite \
 	test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench bench-smoke wrk chaos \
 	fuzz clean
 
@@ -131,8 +133,24 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The documentation tools: the PEP 735 `docs` group of pyproject.toml, installed into the
+# same venv (pip >= 25.1 reads groups; $(STAMP) has upgraded pip). A stamp of its own.
+DOCS_STAMP := $(VENV)/.drs-docs
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --group docs
+	@touch $@
+
+# A full build every time (-E): Sphinx reports a page's warnings only when it reads it.
+# -W --keep-going: every warning is an error, all of them listed; -n: every unresolved
+# reference too.
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -E -W --keep-going -n -b html docs docs/_build/html
+
 test: venv redis chromium
 	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory docs
 	@$(MAKE) --no-print-directory test-sqlite
 	@if $(PG_READY); then \
 		$(MAKE) --no-print-directory test-postgres; \
@@ -257,5 +275,5 @@ fuzz: venv redis
 
 clean:
 	rm -rf $(VENV) $(VENV42) $(VENV_PEER) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
-		$(ARTIFACTS) .cache example_project/demo.sqlite3
+		$(ARTIFACTS) .cache example_project/demo.sqlite3 docs/_build
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,13 +1,13 @@
 """The resilient session engine (``SESSION_ENGINE``).
 
 A session lives in Redis and, after every save, in an encrypted backup cookie
-that :mod:`..middleware` carries.  With Redis healthy this engine behaves like
+that :mod:`.middleware` carries.  With Redis healthy this engine behaves like
 ``django.contrib.sessions.backends.cache``: one ``GET`` per load, one ``SET``
 per save, no database query.  Which copy serves a request otherwise, whether a
 backup's login is trusted and what is written back is decided by
-:func:`..trust.decide`; this class gathers the states it needs and carries out
+:func:`.trust.decide`; this class gathers the states it needs and carries out
 its answers.  Logins, logouts and revocations are recorded in the
-``UserSession`` ledger, durably or not at all (:class:`~..exceptions.LedgerUnavailable`).
+``UserSession`` ledger, durably or not at all (:class:`~.exceptions.LedgerUnavailable`).
 """
 
 from __future__ import annotations
