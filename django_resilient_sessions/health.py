@@ -29,6 +29,7 @@ COUNTERS = (
     "backups_rejected",
     "degraded_saves",
     "purges_pending",
+    "purges_done",
 )
 
 _counts: Counter[str] = Counter()

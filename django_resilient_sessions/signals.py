@@ -18,21 +18,21 @@ __all__ = [
     "session_restored",
 ]
 
-# The session cache stopped answering. Arguments: alias, error.
+#: The session cache stopped answering. Arguments: alias, error.
 cache_lost = Signal()
 
-# The session cache answers again. Arguments: alias, downtime (seconds).
+#: The session cache answers again. Arguments: alias, downtime (seconds).
 cache_recovered = Signal()
 
-# A request's session came from its backup. Arguments: key_hash, reason
-# ("cache_unavailable", "cache_miss" or "newer_backup"), partial.
+#: A request's session came from its backup. Arguments: key_hash, reason
+#: ("cache_unavailable", "cache_miss" or "newer_backup"), partial.
 session_restored = Signal()
 
-# A backup had to leave keys out to fit its cookies. Arguments: key_hash,
-# dropped (list of key names), budget (characters).
+#: A backup had to leave keys out to fit its cookies. Arguments: key_hash,
+#: dropped (list of key names), budget (characters).
 backup_truncated = Signal()
 
-# A backup was refused because its session was ended or revoked. Arguments:
-# key_hash, reason ("ended" when Redis holds the session's tombstone, else the
-# path that tried to restore it: "cache_unavailable", "cache_miss", "newer_backup").
+#: A backup was refused because its session was ended or revoked. Arguments:
+#: key_hash, reason ("ended" when Redis holds the session's tombstone, else the
+#: path that tried to restore it: "cache_unavailable", "cache_miss", "newer_backup").
 backup_rejected = Signal()

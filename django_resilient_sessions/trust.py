@@ -3,8 +3,8 @@
 This module is pure: no I/O, no settings, no clock.  The engine
 (:mod:`.backends.resilient`) gathers the states below, asks :func:`decide`, and
 carries out the answer.  The whole rule book is the table that
-:func:`table` prints (``docs/trust-model.md`` shows it, and a test keeps the two
-in step).
+:func:`django_resilient_sessions.trusttable.table` prints (``docs/trust-model.md``
+shows it, and a test keeps the two in step).
 
 States
     :class:`Cache`: what Redis holds for the session key: a copy, nothing, a

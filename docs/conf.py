@@ -66,7 +66,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(django|django_redis|redis|asgiref|cryptography|ua_parser)(\..*)?"),
     (
         r"py:.*",
-        r"django_resilient_sessions\.(breaker|cachecopy|client|codec|cookies|devices"
-        r"|ledger|lifecycle|purges|redisclient)\..*",
+        r"django_resilient_sessions\.(breaker|cachecopy|client|codec|cookies|dbaccess|devices"
+        r"|engine|ledger|lifecycle|outbox|purges|redisclient|trusttable)(\..*)?",
     ),
 ]
