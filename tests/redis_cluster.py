@@ -624,6 +624,9 @@ class LocalCluster:
         so that a fault surfaces as an exception on the first call instead of being retried
         (redis-py 8 retries 10 times by default). The client still follows MOVED/ASK and
         refreshes its slot map after an error. Any RedisCluster argument can be overridden.
+
+        Creating a client while a master is down may fail without retries: the constructor
+        sends COMMAND to a random primary (redis-py 8), which may be the dead one.
         """
         options: dict[str, Any] = {
             "startup_nodes": self.startup_nodes,
