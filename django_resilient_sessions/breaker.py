@@ -5,6 +5,10 @@ caller probes it (a ``PING`` that waits at most ``BREAKER_PROBE_TIMEOUT``) while
 the others keep skipping.  A probe that succeeds closes the breaker; one that
 fails opens it for another cool-down.  So a hung Redis costs each process one
 socket timeout when it hangs, then one short probe wait per cool-down.
+
+There is one breaker per cache alias, and on Redis Cluster one per primary node
+of the alias (named ``alias@host:port``): a failing shard moves the sessions of
+its slots to their backups, the other shards keep serving theirs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from .conf import conf
 
-__all__ = ["CircuitBreaker", "get_breaker", "reset_breakers"]
+__all__ = ["CircuitBreaker", "breakers_of", "forget_nodes", "get_breaker", "reset_breakers"]
 
 logger = logging.getLogger("django_resilient_sessions")
 
@@ -26,8 +30,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitBreaker:
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, alias: str, node: str | None = None) -> None:
+        self.alias = alias
+        #: ``host:port`` of the cluster node it guards (None: the alias's one server).
+        self.node = node
+        self.name = alias if node is None else f"{alias}@{node}"
+        #: Open only because the cache may not be trusted yet (it answered: see hold()).
+        self.held = False
         self._lock = threading.Lock()
         self.state = CLOSED
         self._retry_at = 0.0
@@ -70,6 +79,7 @@ class CircuitBreaker:
             if self.state == CLOSED:
                 self.opened_at = time.monotonic()
                 self.trips += 1
+            self.held = True
             self.state = OPEN
             self._retry_at = time.monotonic() + conf.BREAKER_COOLDOWN
 
@@ -81,6 +91,7 @@ class CircuitBreaker:
             if self.state == CLOSED:
                 return None
             self.state = CLOSED
+            self.held = False
             downtime = time.monotonic() - (self.opened_at or time.monotonic())
             self.opened_at = None
         logger.warning("Session cache %r answers again after %.1f s.", self.name, downtime)
@@ -92,6 +103,7 @@ class CircuitBreaker:
             self.failures += 1
             self.last_error = f"{type(error).__name__}: {error}"
             was_closed = self.state == CLOSED
+            self.held = False
             self.state = OPEN
             self._retry_at = time.monotonic() + conf.BREAKER_COOLDOWN
             if was_closed:
@@ -108,6 +120,8 @@ class CircuitBreaker:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "alias": self.alias,
+            "node": self.node,
             "state": self.state,
             "open_for": round(time.monotonic() - self.opened_at, 3) if self.opened_at else 0.0,
             "failures": self.failures,
@@ -120,12 +134,27 @@ _breakers: dict[str, CircuitBreaker] = {}
 _registry_lock = threading.Lock()
 
 
-def get_breaker(alias: str) -> CircuitBreaker:
+def get_breaker(alias: str, node: str | None = None) -> CircuitBreaker:
+    """The breaker of ``alias`` (of its cluster node ``node``), made on first use."""
+    name = alias if node is None else f"{alias}@{node}"
     try:
-        return _breakers[alias]
+        return _breakers[name]
     except KeyError:
         with _registry_lock:
-            return _breakers.setdefault(alias, CircuitBreaker(alias))
+            return _breakers.setdefault(name, CircuitBreaker(alias, node))
+
+
+def breakers_of(alias: str) -> list[CircuitBreaker]:
+    """The breakers of ``alias`` this process has made (its nodes' on a cluster)."""
+    return [b for b in list(_breakers.values()) if b.alias == alias]
+
+
+def forget_nodes(alias: str, keep: set[str]) -> None:
+    """Drop the breakers of ``alias``'s nodes that no longer serve slots (a failover)."""
+    with _registry_lock:
+        for name, breaker in list(_breakers.items()):
+            if breaker.alias == alias and breaker.node is not None and breaker.node not in keep:
+                del _breakers[name]
 
 
 def all_breakers() -> dict[str, CircuitBreaker]:

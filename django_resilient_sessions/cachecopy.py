@@ -20,11 +20,13 @@ by the app (:func:`set_gate`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,12 +34,12 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from . import conf as conf_module
 from . import health, signals
-from .breaker import CLOSED, CircuitBreaker, get_breaker
+from .breaker import CLOSED, CircuitBreaker, breakers_of, forget_nodes, get_breaker
 from .conf import conf
 from .exceptions import CacheUnavailable
 from .redisclient import RedisAccess
@@ -51,7 +53,7 @@ T = TypeVar("T")
 # What counts as "the cache is unavailable": any Redis error (refused,
 # timeout, READONLY replica, LOADING, no master from Sentinel...), socket
 # errors that escaped redis-py, and django-redis's wrapper of them.
-CACHE_ERRORS = (RedisError, ConnectionInterrupted, OSError)
+CACHE_ERRORS = (RedisError, RedisClusterException, ConnectionInterrupted, OSError)
 
 #: What a tombstone holds (an entry always starts with its format byte, 2).
 TOMBSTONE = b"\x00ended"
@@ -134,11 +136,11 @@ class CacheRead:
         return hashlib.sha1(self.raw).hexdigest() if self.raw is not None else ""
 
 
-_gate: Callable[[SessionCache], bool] | None = None
+_gate: Callable[[SessionCache, CircuitBreaker], bool] | None = None
 _made = threading.local()
 
 
-def set_gate(gate: Callable[[SessionCache], bool] | None) -> None:
+def set_gate(gate: Callable[[SessionCache, CircuitBreaker], bool] | None) -> None:
     """Install what a probe must pass before the breaker closes (see :mod:`.purges`)."""
     global _gate
     _gate = gate
@@ -172,64 +174,173 @@ class SessionCache:
             made[alias] = found
         return found[1]
 
-    @property
-    def breaker(self) -> CircuitBreaker:
-        return get_breaker(self.alias)
-
     def entry_key(self, key_hash: str) -> str:
+        if self.redis.cluster:
+            # The key hash is the hash tag: its slot is known without the key's prefix.
+            return self.redis.key(conf.CACHE_KEY_PREFIX + "{" + key_hash + "}")
         return self.redis.key(conf.CACHE_KEY_PREFIX + key_hash)
 
-    # Calls through the breaker -------------------------------------------
+    def slots_of(self, breaker: CircuitBreaker) -> list[tuple[int, int]] | None:
+        """The slot ranges the breaker's node serves (``None``: every slot, off a cluster)."""
+        if breaker.node is None:
+            return None
+        slots = self.redis.client().nodes_manager.slots_cache
+        ranges: list[tuple[int, int]] = []
+        for slot in sorted(slots):
+            if not slots[slot] or slots[slot][0].name != breaker.node:
+                continue
+            if ranges and ranges[-1][1] == slot - 1:
+                ranges[-1] = (ranges[-1][0], slot)
+            else:
+                ranges.append((slot, slot))
+        return ranges
 
-    def _call(self, operation: Callable[[Any], T]) -> T:
-        allowed = self.breaker.allow()
+    def breakers_serving(self, slots: set[int]) -> list[CircuitBreaker]:
+        """The breakers of the nodes that serve any of these slots (the alias's, off a cluster)."""
+        if not self.redis.cluster:
+            return [self.breaker]
+        try:
+            served = self.redis.client().nodes_manager.slots_cache
+        except CACHE_ERRORS:
+            return [self.breaker]  # no slot map: the cluster as a whole
+        names = {served[slot][0].name for slot in slots if served.get(slot)}
+        return [get_breaker(self.alias, name) for name in sorted(names)]
+
+    # Breakers: one for the alias, or one per primary node of a cluster ----
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The alias's breaker (on a cluster: for the cluster as a whole)."""
+        return get_breaker(self.alias)
+
+    def breaker_for(self, key: str) -> CircuitBreaker:
+        """The breaker guarding the Redis key ``key``: its node's on a cluster."""
+        if not self.redis.cluster:
+            return self.breaker
+        try:
+            node = self.redis.client().get_node_from_key(key)
+        except CACHE_ERRORS as error:
+            # The slot map cannot be had (no node answers): the cluster as a whole.
+            self._failed(self.breaker, error)
+            raise CacheUnavailable(self.alias) from error
+        return get_breaker(self.alias, node.name)
+
+    def breakers(self) -> list[CircuitBreaker]:
+        """The breakers of every primary serving the alias (made if need be)."""
+        if not self.redis.cluster:
+            return [self.breaker]
+        try:
+            primaries = self.redis.client().get_primaries()
+        except CACHE_ERRORS:
+            return [self.breaker, *breakers_of(self.alias)]
+        return [self.breaker] + [get_breaker(self.alias, n.name) for n in primaries]
+
+    def reachable(self, key_hash: str) -> bool:
+        """Does the breaker of this session's Redis key let calls through?"""
+        try:
+            return self.breaker_for(self.entry_key(key_hash)).state == CLOSED
+        except CacheUnavailable:
+            return False
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[None]:
+        """Inside the block, this thread's calls go through every breaker (recovery work)."""
+        with contextlib.ExitStack() as stack:
+            for breaker in self.breakers():
+                stack.enter_context(breaker.probing())
+            yield
+
+    def hold(self) -> None:
+        """Stop trusting Redis (every node of a cluster) for a cool-down."""
+        for breaker in self.breakers():
+            breaker.hold()
+
+    # Calls through the breakers --------------------------------------------
+
+    def _call(self, key: str | None, operation: Callable[[Any], T]) -> T:
+        """Run ``operation`` on the client, through the breaker of ``key``."""
+        breaker = self.breaker if key is None else self.breaker_for(key)
+        allowed = breaker.allow()
         if allowed is None:
-            allowed = self._probe()
+            allowed = self._probe(breaker)
+            if allowed and key is not None and breaker.node is not None:
+                # The probe refreshed the slot map: the key may be elsewhere now.
+                moved = self.breaker_for(key)
+                if moved is not breaker:
+                    breaker = moved
+                    allowed = moved.allow() is not False
         if not allowed:
             health.count("cache_skipped")
             raise CacheUnavailable(self.alias)
         try:
             return operation(self.redis.client())
         except CACHE_ERRORS as error:
-            self._failed(error)
+            self._failed(breaker, error)
             raise CacheUnavailable(self.alias, attempted=True) from error
 
-    def _failed(self, error: BaseException) -> None:
+    def _failed(self, breaker: CircuitBreaker, error: BaseException) -> None:
         health.count("cache_errors")
-        if self.breaker.failed(error):
-            _send(signals.cache_lost, alias=self.alias, error=error)
+        if breaker.failed(error):
+            _send(signals.cache_lost, alias=self.alias, node=breaker.node, error=error)
 
-    def _probe(self) -> bool:
-        """Is the cache back, and may it be trusted again?
+    def _probe(self, breaker: CircuitBreaker) -> bool:
+        """Is the cache (this node of it) back, and may it be trusted again?
 
         The ``PING`` waits at most ``BREAKER_PROBE_TIMEOUT`` on a connection of
         its own, so a hung Redis costs the probing request that long, not a
-        socket timeout.  Then the installed gate decides (deletions queued
-        during the outage must be done first); until it agrees, the breaker
-        stays open.
+        socket timeout.  On a cluster the slot map is refreshed first (a
+        replica may have taken the node's slots over).  Then the installed gate
+        decides (deletions queued during the outage must be done first); until
+        it agrees, the breaker stays open.
         """
         try:
-            _run_quick(self.redis.client(), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
+            if breaker.node is not None:
+                self._refresh_slots(breaker.node)
+            _run_quick(self._node_client(breaker), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
         except CACHE_ERRORS as error:
-            self._failed(error)
+            self._failed(breaker, error)
             return False
-        if _gate is not None and not _gate(self):
-            self.breaker.hold()
+        if _gate is not None and not _gate(self, breaker):
+            breaker.hold()
             return False
-        self.recovered()
+        self._close(breaker)
         return True
 
-    def recovered(self) -> None:
-        """Close the breaker (if open) and say so."""
-        downtime = self.breaker.succeeded()
+    def _refresh_slots(self, failed_node: str) -> None:
+        """Ask the cluster who serves which slots now, the failed node last."""
+        client = self.redis.client()
+        client.nodes_manager.initialize(last_failed_node_name=failed_node)
+        forget_nodes(self.alias, {node.name for node in client.get_primaries()})
+
+    def _node_client(self, breaker: CircuitBreaker) -> Any:
+        """A redis-py client of the breaker's node alone (the alias's, off a cluster)."""
+        client = self.redis.client()
+        if breaker.node is None:
+            return client
+        node = client.get_node(node_name=breaker.node)
+        if node is None:
+            raise ConnectionError(f"{breaker.node} no longer serves slots")
+        return client.get_redis_connection(node)
+
+    def _close(self, breaker: CircuitBreaker) -> None:
+        downtime = breaker.succeeded()
         if downtime is not None:
-            _send(signals.cache_recovered, alias=self.alias, downtime=downtime)
+            _send(signals.cache_recovered, alias=self.alias, node=breaker.node, downtime=downtime)
+
+    def recovered(self, node: str | None = None) -> None:
+        """The queued deletions are done (``node``'s only, if given): close the
+        breakers that were kept open for them alone (Redis answered them)."""
+        breakers = self.breakers() if node is None else [get_breaker(self.alias, node)]
+        for breaker in breakers:
+            if breaker.held:
+                self._close(breaker)
 
     # Operations ----------------------------------------------------------
 
     def read(self, key_hash: str) -> CacheRead:
         """The Redis copy, a tombstone or nothing: one ``GET``."""
-        raw = self._call(lambda client: client.get(self.entry_key(key_hash)))
+        key = self.entry_key(key_hash)
+        raw = self._call(key, lambda client: client.get(key))
         return self._decode(key_hash, raw)
 
     def _decode(self, key_hash: str, raw: bytes | None) -> CacheRead:
@@ -252,7 +363,7 @@ class SessionCache:
         """``SET NX``: ``False`` if the key is taken."""
         value = entry.dump(self.serializer, payload)
         key = self.entry_key(key_hash)
-        return bool(self._call(lambda client: client.set(key, value, px=_ms(ttl), nx=True)))
+        return bool(self._call(key, lambda client: client.set(key, value, px=_ms(ttl), nx=True)))
 
     def update(
         self, key_hash: str, entry: Entry, ttl: int, payload: bytes | None = None
@@ -261,7 +372,7 @@ class SessionCache:
         value = entry.dump(self.serializer, payload)
         key = self.entry_key(key_hash)
         args = (value, _ms(ttl), TOMBSTONE)
-        done = int(self._call(lambda client: client.eval(UPDATE, 1, key, *args)))
+        done = int(self._call(key, lambda client: client.eval(UPDATE, 1, key, *args)))
         return None if done < 0 else bool(done)
 
     def write_back(
@@ -276,7 +387,7 @@ class SessionCache:
         """
         key = self.entry_key(key_hash)
         args = (entry.dump(self.serializer, payload), _ms(ttl), expected, TOMBSTONE)
-        reply = self._call(lambda client: client.eval(WRITE_BACK, 1, key, *args))
+        reply = self._call(key, lambda client: client.eval(WRITE_BACK, 1, key, *args))
         if reply[0] == WRITTEN:
             return None
         if reply[0] == ENDED:
@@ -285,46 +396,72 @@ class SessionCache:
 
     def drop(self, key_hash: str) -> None:
         """``DEL`` the entry, no tombstone (a session saved already expired)."""
-        self._call(lambda client: client.delete(self.entry_key(key_hash)))
+        key = self.entry_key(key_hash)
+        self._call(key, lambda client: client.delete(key))
 
     def delete(self, key_hashes: Iterable[str], ttl: int | None = None) -> None:
+        """:meth:`tombstone`, raising ``CacheUnavailable`` unless every one was done."""
+        hashes = list(key_hashes)
+        if len(self.tombstone(hashes, ttl)) < len(hashes):
+            raise CacheUnavailable(self.alias, attempted=True)
+
+    def tombstone(self, key_hashes: Iterable[str], ttl: int | None = None) -> list[str]:
         """End these sessions in Redis: each key's entry becomes its tombstone.
 
-        One ``SET`` per session (atomic by itself), one round trip for the
-        batch.  The tombstone lives as long as a backup can (``ttl``, at least
-        ``SESSION_COOKIE_AGE``).  Tried even with the breaker open: a deletion
-        that fails leaves an ended session in the cache for other processes, so
-        it is worth one bounded attempt (on a connection of its own that waits
-        no longer than the probe does).
+        Returns the hashes done.  One ``SET`` per session (atomic by itself),
+        one round trip per node for the batch.  The tombstone lives as long as
+        a backup can (``ttl``, at least ``SESSION_COOKIE_AGE``).  Tried even
+        with a breaker open: a deletion that fails leaves an ended session in
+        the cache for other processes, so it is worth one bounded attempt (on a
+        connection of its own that waits no longer than the probe does).
         """
-        hashes = list(key_hashes)
-        if not hashes:
-            return
         seconds = max(settings.SESSION_COOKIE_AGE, ttl or 0, 1)
-        commands = [("SET", self.entry_key(h), TOMBSTONE, "EX", seconds) for h in hashes]
-        if self.breaker.state == CLOSED or self.breaker.in_probe():
-            self._call(lambda client: _pipeline(client, commands))
-            return
-        try:
-            _run_quick(self.redis.client(), commands, conf.BREAKER_PROBE_TIMEOUT)
-        except CACHE_ERRORS as error:
-            self._failed(error)
-            raise CacheUnavailable(self.alias, attempted=True) from error
+        groups: dict[str, tuple[CircuitBreaker, list[str]]] = {}
+        for key_hash in key_hashes:
+            try:
+                breaker = self.breaker_for(self.entry_key(key_hash))
+            except CacheUnavailable:
+                continue  # no slot map: not done
+            groups.setdefault(breaker.name, (breaker, []))[1].append(key_hash)
+        done: list[str] = []
+        for breaker, hashes in groups.values():
+            commands = [("SET", self.entry_key(h), TOMBSTONE, "EX", seconds) for h in hashes]
+            try:
+                if breaker.state == CLOSED or breaker.in_probe():
+                    self._call(self.entry_key(hashes[0]), functools.partial(_pipeline, commands))
+                else:
+                    _run_quick(self._node_client(breaker), commands, conf.BREAKER_PROBE_TIMEOUT)
+            except CacheUnavailable:
+                continue
+            except CACHE_ERRORS as error:
+                self._failed(breaker, error)
+                continue
+            done.extend(hashes)
+        return done
 
-    def ping_ms(self) -> float:
-        """Round-trip time of a PING in milliseconds (for health reports)."""
+    def ping_ms(self) -> dict[str, float | None]:
+        """Round trip of a bounded ``PING`` per node, in milliseconds (None: no answer)."""
         import time
 
-        start = time.perf_counter()
-        self._call(lambda client: client.ping())
-        return (time.perf_counter() - start) * 1000
+        times: dict[str, float | None] = {}
+        for breaker in self.breakers():
+            if self.redis.cluster and breaker.node is None:
+                continue
+            start = time.perf_counter()
+            try:
+                _run_quick(self._node_client(breaker), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
+            except CACHE_ERRORS:
+                times[breaker.name] = None
+                continue
+            times[breaker.name] = round((time.perf_counter() - start) * 1000, 3)
+        return times
 
 
 def _ms(ttl: int) -> int:
     return max(ttl, 1) * 1000
 
 
-def _pipeline(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _pipeline(commands: list[tuple[Any, ...]], client: Any) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)

@@ -131,11 +131,16 @@ class PendingPurge(models.Model):
     deleted once Redis has taken the deletion (an outbox); left behind only if
     the process failed right then, so it counts as pending once it is older
     than a few seconds (``outbox.SETTLED``).
+
+    ``slot``: the Redis Cluster hash slot of the session's key (its key hash is
+    the key's hash tag), so that a node's breaker waits for its own slots'
+    deletions only.
     """
 
     key_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
     in_flight = models.BooleanField(default=False)
+    slot = models.PositiveIntegerField(default=0, db_index=True)
 
     class Meta:
         verbose_name = _("pending cache purge")

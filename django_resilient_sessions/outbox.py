@@ -5,6 +5,10 @@ An end is recorded in the ledger together with the deletion of its Redis copy
 in Redis and takes the entry off (:func:`unqueue`), or leaves it for the drain
 (:mod:`.purges`) when Redis does not take it (:func:`release`).  Entries are in
 flight while their process still works on them, pending after that.
+
+Each entry knows its session's Redis Cluster hash slot (:func:`slot_of`), so a
+cluster node's breaker waits for, and its drain does, that node's slots only:
+``slots`` arguments are inclusive ``(first, last)`` ranges, ``None`` for all.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
+from redis.crc import key_slot
 
 from .dbaccess import batches, db, guarded, one_statement
 from .models import PendingPurge
@@ -24,18 +29,36 @@ from .models import PendingPurge
 SETTLED = 5.0
 
 
+Slots = Sequence[tuple[int, int]] | None
+
+
+def slot_of(key_hash: str) -> int:
+    """The hash slot of the session's Redis key on a cluster (its hash tag is the key hash)."""
+    return int(key_slot(key_hash.encode()))
+
+
 def add(key_hashes: Sequence[str], *, in_flight: bool = True) -> None:
     """Queue these deletions (inside the caller's transaction: no guard of its own)."""
     PendingPurge.objects.bulk_create(
-        [PendingPurge(key_hash=h, in_flight=in_flight) for h in key_hashes],
+        [PendingPurge(key_hash=h, in_flight=in_flight, slot=slot_of(h)) for h in key_hashes],
         ignore_conflicts=True,
     )
 
 
-def _due() -> Any:
+def _in(slots: Slots) -> Q:
+    """The entries of these slot ranges (all for ``None``)."""
+    if slots is None:
+        return Q()
+    found = Q(pk__in=[])
+    for first, last in slots:
+        found |= Q(slot__gte=first, slot__lte=last)
+    return found
+
+
+def _due(slots: Slots = None) -> Any:
     """The queued deletions still to do: not in flight, or in flight too long."""
     settled = timezone.now() - timedelta(seconds=SETTLED)
-    return PendingPurge.objects.filter(Q(in_flight=False) | Q(created_at__lt=settled))
+    return PendingPurge.objects.filter(Q(in_flight=False) | Q(created_at__lt=settled), _in(slots))
 
 
 @guarded
@@ -60,9 +83,9 @@ def queue_top() -> int:
 
 
 @guarded
-def queued(limit: int, upto: int) -> list[str]:
+def queued(limit: int, upto: int, slots: Slots = None) -> list[str]:
     """Queued deletions up to primary key ``upto``, in flight or not (a drain does all)."""
-    rows = PendingPurge.objects.filter(pk__lte=upto).order_by("pk")
+    rows = PendingPurge.objects.filter(_in(slots), pk__lte=upto).order_by("pk")
     return list(rows.values_list("key_hash", flat=True)[:limit])
 
 
@@ -73,9 +96,16 @@ def unqueue(key_hashes: Sequence[str]) -> None:
 
 
 @guarded
-def queue_exists(*, settled_only: bool = False) -> bool:
+def queue_exists(*, settled_only: bool = False, slots: Slots = None) -> bool:
     """Is a Redis deletion queued?  ``settled_only``: pending ones (see :func:`_due`)."""
-    return bool((_due() if settled_only else PendingPurge.objects.all()).exists())
+    rows = _due(slots) if settled_only else PendingPurge.objects.filter(_in(slots))
+    return bool(rows.exists())
+
+
+@guarded
+def pending_slots() -> set[int]:
+    """The slots with pending deletions (see :func:`_due`)."""
+    return set(_due().values_list("slot", flat=True).distinct())
 
 
 @guarded

@@ -15,6 +15,10 @@ last batch closes the breaker.
 A process that never saw the outage has no probe to notice it: once per
 ``PURGE_CHECK_INTERVAL`` it asks whether the queue is empty (one indexed
 ``EXISTS``), and if not, stops trusting Redis until it is drained.
+
+On Redis Cluster each node's breaker has its own gate and drain: the queued
+deletions of the slots it serves (``PendingPurge.slot``), so a shard that
+cannot be reached keeps its own sessions on backups and nobody else's.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import health, outbox
+from .breaker import CircuitBreaker, get_breaker
 from .cachecopy import SessionCache, set_gate
 from .conf import conf
-from .exceptions import CacheUnavailable, LedgerUnavailable
+from .exceptions import LedgerUnavailable
 
 __all__ = ["DRAIN_BATCH", "DRAIN_BATCHES", "check_if_due", "drain", "gate", "install"]
 
@@ -37,27 +42,28 @@ logger = logging.getLogger("django_resilient_sessions")
 DRAIN_BATCH = 100
 DRAIN_BATCHES = 10
 
-_scheduled: set[str] = set()
+#: (alias, node) pairs whose drain a probe scheduled (node None: the whole alias).
+_scheduled: set[tuple[str, str | None]] = set()
 _lock = threading.Lock()
 _draining = threading.Lock()
 _last_check = time.monotonic()
 
 
-def gate(cache: SessionCache) -> bool:
-    """May ``cache``'s breaker close?  Only with the queue known to be empty."""
+def gate(cache: SessionCache, breaker: CircuitBreaker) -> bool:
+    """May this breaker of ``cache`` close?  Only with its part of the queue known empty."""
     try:
-        pending = outbox.queue_exists()
+        pending = outbox.queue_exists(slots=cache.slots_of(breaker))
     except LedgerUnavailable:
         logger.warning("Redis answers, but the purge queue cannot be read: still using backups.")
         return False
     if pending:
-        schedule(cache.alias)
+        schedule(cache.alias, breaker.node)
     return not pending
 
 
-def schedule(alias: str) -> None:
+def schedule(alias: str, node: str | None = None) -> None:
     with _lock:
-        _scheduled.add(alias)
+        _scheduled.add((alias, node))
 
 
 def on_request_finished(**kwargs: Any) -> None:
@@ -66,11 +72,11 @@ def on_request_finished(**kwargs: Any) -> None:
         return
     try:
         with _lock:
-            aliases = list(_scheduled)
-        for alias in aliases:
-            if not drain(SessionCache(alias), max_batches=DRAIN_BATCHES).more:
+            scheduled = list(_scheduled)
+        for alias, node in scheduled:
+            if not drain(SessionCache(alias), max_batches=DRAIN_BATCHES, node=node).more:
                 with _lock:
-                    _scheduled.discard(alias)
+                    _scheduled.discard((alias, node))
     finally:
         # (A connection the drain opened is closed by Django when the next request
         # starts, as CONN_MAX_AGE says.)
@@ -84,16 +90,17 @@ class Drained:
     more: bool = False
 
 
-def drain(cache: SessionCache, *, max_batches: int | None) -> Drained:
-    """Delete queued Redis copies, ``DRAIN_BATCH`` at a time.
+def drain(cache: SessionCache, *, max_batches: int | None, node: str | None = None) -> Drained:
+    """Delete queued Redis copies, ``DRAIN_BATCH`` at a time (``node``'s slots only, if given).
 
-    Closes ``cache``'s breaker once the queue is empty.  Stops at the first
-    failure of Redis (the breaker opens) or of the database (it stays open);
-    the next probe schedules the rest.
+    Closes the breakers held for these deletions once they are done.  Stops at
+    the first failure of Redis (the breaker opens) or of the database (it
+    stays open); the next probe schedules the rest.
     """
     result = Drained()
     batches = 0
-    with cache.breaker.probing():
+    slots = None if node is None else cache.slots_of(get_breaker(cache.alias, node))
+    with cache.probing():
         try:
             # What was queued when the drain began: logouts after it see to their own.
             upto = outbox.queue_top()
@@ -105,17 +112,21 @@ def drain(cache: SessionCache, *, max_batches: int | None) -> Drained:
                 result.more = True
                 break
             try:
-                hashes = outbox.queued(DRAIN_BATCH, upto)
+                hashes = outbox.queued(DRAIN_BATCH, upto, slots)
                 if not hashes:
-                    cache.recovered()
+                    cache.recovered(node)
                     break
-                cache.delete(hashes)
-                outbox.unqueue(hashes)
-            except (CacheUnavailable, LedgerUnavailable) as error:
+                done = cache.tombstone(hashes)
+                outbox.unqueue(done)
+            except LedgerUnavailable as error:
                 logger.warning("Draining the purge queue stopped: %s", error)
                 break
-            result.done += len(hashes)
+            result.done += len(done)
             batches += 1
+            if len(done) < len(hashes):
+                # (A node of a cluster, or Redis, refused: its breaker opened.)
+                logger.warning("Draining the purge queue stopped: the cache refused.")
+                break
     if result.done:
         health.count("purges_done", result.done)
         logger.warning("Purged %d session cache entries queued during an outage.", result.done)
@@ -133,13 +144,14 @@ def check_if_due(cache: SessionCache) -> None:
     try:
         # Not the deletions in flight: every logout has one for a few milliseconds
         # (ledger.end_rows); one whose process failed counts once SETTLED old.
-        pending = outbox.queue_exists(settled_only=True)
+        pending = outbox.pending_slots()
     except LedgerUnavailable:
         return  # cannot tell: Redis stays trusted on this path (the documented window)
     if pending:
         logger.warning("Purges queued by another process: using backups until they are done.")
-        cache.breaker.hold()
-        schedule(cache.alias)
+        for breaker in cache.breakers_serving(pending):
+            breaker.hold()
+            schedule(cache.alias, breaker.node)
 
 
 def restart_clock() -> None:

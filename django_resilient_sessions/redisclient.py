@@ -1,9 +1,11 @@
 """What the engine needs of a Django cache alias: a redis-py client and key names.
 
-Two backends are supported: django-redis (``django_redis.cache.RedisCache``,
-including its Sentinel client) and Django's own
+Three backends are supported: django-redis (``django_redis.cache.RedisCache``,
+including its Sentinel client), Django's own
 ``django.core.cache.backends.redis.RedisCache`` (one server, or a primary
-followed by replicas).  Both give a redis-py client connected to the primary;
+followed by replicas) and this package's Redis Cluster backend
+(:mod:`.cache`).  Each gives a redis-py client connected to the primary (the
+cluster's routes each key to its slot's primary);
 the engine sends its own commands and values through it, so neither backend's
 serializer or compressor is involved.  Anything else raises
 ``ImproperlyConfigured`` when the engine first uses the alias (the system
@@ -21,10 +23,11 @@ __all__ = ["RedisAccess", "backend_kind", "cache_of"]
 
 DJANGO_REDIS = "django-redis"
 BUILTIN = "django"
+CLUSTER = "cluster"
 
 
 def backend_kind(backend: Any) -> str | None:
-    """``"django-redis"``, ``"django"`` or ``None`` for an unsupported cache backend."""
+    """``"django-redis"``, ``"django"``, ``"cluster"`` or ``None`` (an unsupported backend)."""
     cls = type(backend)
     if cls not in _kinds:
         _kinds[cls] = _kind_of(cls)
@@ -41,6 +44,10 @@ def _kind_of(cls: type) -> str | None:
         DjangoRedisCache = None
     from django.core.cache.backends.redis import RedisCache as BuiltinRedisCache
 
+    from .cache import RedisClusterCache
+
+    if issubclass(cls, RedisClusterCache):
+        return CLUSTER
     if DjangoRedisCache is not None and issubclass(cls, DjangoRedisCache):
         return DJANGO_REDIS
     if issubclass(cls, BuiltinRedisCache):
@@ -69,8 +76,9 @@ class RedisAccess:
             raise ImproperlyConfigured(
                 f"The session cache {alias!r} is {type(backend).__module__}."
                 f"{type(backend).__qualname__}; django-resilient-sessions needs django-redis "
-                "(django_redis.cache.RedisCache) or Django's "
-                "django.core.cache.backends.redis.RedisCache."
+                "(django_redis.cache.RedisCache), Django's "
+                "django.core.cache.backends.redis.RedisCache or, for Redis Cluster, "
+                "django_resilient_sessions.cache.RedisClusterCache."
             )
         client = getattr(backend, "client", None)
         if kind == DJANGO_REDIS and not hasattr(client, "get_client"):
@@ -81,6 +89,8 @@ class RedisAccess:
             )
         self.alias = alias
         self.kind = kind
+        #: A Redis Cluster: keys are routed to their slot's node, one breaker per node.
+        self.cluster = kind == CLUSTER
         self.backend: Any = backend
         self._client: Any = None
 

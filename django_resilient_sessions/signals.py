@@ -18,10 +18,12 @@ __all__ = [
     "session_restored",
 ]
 
-#: The session cache stopped answering. Arguments: alias, error.
+#: The session cache (a node of it) stopped answering. Arguments: alias, node
+#: (``"host:port"`` of the Redis Cluster node, None off a cluster), error.
 cache_lost = Signal()
 
-#: The session cache answers again. Arguments: alias, downtime (seconds).
+#: The session cache (a node of it) answers again. Arguments: alias, node,
+#: downtime (seconds).
 cache_recovered = Signal()
 
 #: A request's session came from its backup. Arguments: key_hash, reason

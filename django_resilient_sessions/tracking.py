@@ -22,7 +22,7 @@ from django.utils import timezone
 from . import health, ledger, outbox
 from .cachecopy import SessionCache
 from .conf import conf
-from .exceptions import CacheUnavailable, LedgerUnavailable
+from .exceptions import LedgerUnavailable
 from .models import EndReason, UserSession
 from .trust import plan_delete
 
@@ -74,9 +74,7 @@ def settle(key_hashes: Sequence[str], *, ttl: int = 0, queued: bool = True) -> N
 
     What Redis does not take now stays queued, for the drain.
     """
-    hashes = list(key_hashes)
-    done = _delete(hashes, ttl)
-    rest = hashes[len(done) :]
+    done, rest = _delete(key_hashes, ttl)
     if not queued:
         return
     try:
@@ -98,8 +96,7 @@ def remove(key_hashes: Sequence[str], *, queue: bool, ttl: int = 0) -> None:
     What Redis cannot take now is queued when ``queue`` (the session may be in
     Redis); a queue that cannot be written is logged: anonymous data only.
     """
-    hashes = list(key_hashes)
-    rest = hashes[len(_delete(hashes, ttl)) :]
+    rest = _delete(key_hashes, ttl)[1]
     if not rest or not queue:
         return
     try:
@@ -110,20 +107,17 @@ def remove(key_hashes: Sequence[str], *, queue: bool, ttl: int = 0) -> None:
     health.count("purges_pending", len(rest))
 
 
-def _delete(key_hashes: Sequence[str], ttl: int) -> list[str]:
-    """Tombstone these Redis copies in batches; the hashes done (a prefix), up to a failure."""
-    hashes = list(key_hashes)
-    if not hashes:
-        return []
+def _delete(key_hashes: Sequence[str], ttl: int) -> tuple[list[str], list[str]]:
+    """Tombstone these Redis copies in batches: (the hashes done, the rest).
+
+    On a cluster a failing node leaves its own sessions undone, not the others'.
+    """
     cache = SessionCache()
     done: list[str] = []
-    for batch in ledger.batches(hashes):
-        try:
-            cache.delete(batch, ttl)
-        except CacheUnavailable:
-            break  # the rest is not even tried: Redis refused already
-        done.extend(batch)
-    return done
+    for batch in ledger.batches(list(key_hashes)):
+        done.extend(cache.tombstone(batch, ttl))
+    finished = set(done)
+    return done, [h for h in key_hashes if h not in finished]
 
 
 def end_user_sessions(user: Any, reason: str, *, keep: str | None = None) -> int:

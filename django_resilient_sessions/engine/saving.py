@@ -20,7 +20,6 @@ from .. import (
     signals,
     trust,
 )
-from ..breaker import CLOSED
 from ..cachecopy import Entry
 from ..exceptions import CacheUnavailable, LedgerUnavailable
 from ..trust import Cache, Store
@@ -66,7 +65,7 @@ class Saving(Logins):
             must_create=must_create,
             in_cache=self._in_cache,
             confirmed=confirmed,
-            reachable=self._cache.breaker.state == CLOSED,
+            reachable=self._cache.reachable(key_hash),
         )
         try:
             recorded = record and self._ledger_before_write(

@@ -18,6 +18,11 @@ class Migration(migrations.Migration):
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
+            model_name="pendingpurge",
+            name="slot",
+            field=models.PositiveIntegerField(db_index=True, default=0),
+        ),
+        migrations.AddField(
             model_name="usersession",
             name="auth_backend",
             field=models.CharField(

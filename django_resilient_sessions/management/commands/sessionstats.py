@@ -11,7 +11,6 @@ from django.db.models import Avg, Count, Max
 
 from ...breaker import get_breaker
 from ...cachecopy import SessionCache
-from ...exceptions import CacheUnavailable
 from ...models import PendingPurge, UserSession
 
 
@@ -26,10 +25,15 @@ def collect() -> dict[str, Any]:
         active.values_list("device_type").annotate(n=Count("pk")).order_by("device_type")
     )
     alias = settings.SESSION_CACHE_ALIAS
-    try:
-        rtt: float | None = round(SessionCache(alias).ping_ms(), 3)
-    except CacheUnavailable:
-        rtt = None
+    cache = SessionCache(alias)
+    times = cache.ping_ms()
+    states = {breaker.name: breaker.state for breaker in cache.breakers()}
+    nodes = [
+        {"name": name, "breaker": states.get(name, "closed"), "round_trip_ms": rtt}
+        for name, rtt in times.items()
+    ]
+    rtt = max((n["round_trip_ms"] for n in nodes if n["round_trip_ms"] is not None), default=None)
+    reachable = bool(nodes) and all(n["round_trip_ms"] is not None for n in nodes)
     return {
         "active_sessions": active.count(),
         "active_users": per_user["users"] or 0,
@@ -42,8 +46,10 @@ def collect() -> dict[str, Any]:
         "cache": {
             "alias": alias,
             "breaker": get_breaker(alias).state,
-            "reachable": rtt is not None,
+            "reachable": reachable,
+            # The slowest node's (the only one off a cluster).
             "round_trip_ms": rtt,
+            "nodes": nodes,
         },
     }
 
@@ -72,4 +78,11 @@ class Command(BaseCommand):
             f"Pending purges:    {stats['pending_purges']}",
             f"{label:<19}breaker {cache['breaker']}, round trip {rtt}",
         ]
+        if len(cache["nodes"]) > 1 or cache["nodes"][0]["name"] != cache["alias"]:
+            for node in cache["nodes"]:
+                ms = node["round_trip_ms"]
+                shown = f"{ms} ms" if ms is not None else "unreachable"
+                lines.append(
+                    f"  node {node['name']}: breaker {node['breaker']}, round trip {shown}"
+                )
         self.stdout.write("\n".join(lines))
