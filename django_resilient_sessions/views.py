@@ -14,6 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 
 from . import tracking
@@ -81,6 +82,7 @@ def revoke_session(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def revoke_others(request: HttpRequest) -> HttpResponse:
     count = tracking.end_user_sessions(request.user, str(EndReason.REVOKED), keep=_current(request))
-    return _done(
-        request, _("Signed out of %(count)d other sessions.") % {"count": count}, revoked=count
-    )
+    message = ngettext(
+        "Signed out of %(count)d other session.", "Signed out of %(count)d other sessions.", count
+    ) % {"count": count}
+    return _done(request, message, revoked=count)
