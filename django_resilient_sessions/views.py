@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from . import tracking
 from .models import EndReason, UserSession
+from .typing import resilient_session
 
 __all__ = ["revoke_others", "revoke_session", "session_list"]
 
@@ -29,7 +30,8 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 def _current(request: HttpRequest) -> str:
-    return str(getattr(request.session, "key_hash", ""))
+    session = resilient_session(request)
+    return session.key_hash if session is not None else ""
 
 
 def _row(row: UserSession, current: str) -> dict[str, Any]:
