@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import gettext as gnu_gettext
+import os
 import re
 import shutil
 import subprocess
@@ -129,9 +130,12 @@ def test_every_marked_string_is_in_the_catalogs(tmp_path: Path) -> None:
     copy = tmp_path / "django_resilient_sessions"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__", "locale"))
     (copy / "locale").mkdir()
-    command = [sys.executable, "-m", "django", "makemessages", "-l", "en"]
+    # -I: the package's directory is the working directory, and its typing.py must not
+    # stand in for the standard library's; no settings are needed to extract strings.
+    command = [sys.executable, "-I", "-m", "django", "makemessages", "-l", "en"]
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     subprocess.run(
-        [*command, "--ignore", "migrations/*"], cwd=copy, check=True, capture_output=True
+        [*command, "--ignore", "migrations/*"], cwd=copy, env=env, check=True, capture_output=True
     )
     fresh = read_po(copy / "locale" / "en" / "LC_MESSAGES" / "django.po")[1:]
     extracted = {(entry.get("msgctxt"), entry["msgid"]) for entry in fresh}
