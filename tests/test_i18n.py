@@ -238,7 +238,7 @@ def test_the_session_limit_refusal_in_german() -> None:
     assert data.json()["message"].startswith("Für dieses Konto sind bereits so viele Sitzungen")
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # PostgreSQL: the failed statement ends a transaction
 def test_the_ledger_refusal_in_german() -> None:
     make_user()
     with usersession_table_unavailable():
