@@ -7,6 +7,9 @@
 #   make lint               ruff check, ruff format --check, mypy
 #   make docs               the documentation site (Sphinx, warnings are errors) into
 #                           docs/_build/html; installs the `docs` dependency group
+#   make messages           update the translation catalogs (django_resilient_sessions/locale/) and
+#                           compile them (needs GNU gettext; the .mo files are committed, so
+#                           neither tests nor installs need it)
 #   make test               lint + docs + pytest (SQLite) + pytest (PostgreSQL, if reachable)
 #                           + Django's own session test suite against our engine
 #                           + the django-allauth site (make test-allauth)
@@ -66,9 +69,9 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 		$(BIN)/python -c 'import os, socket; socket.create_connection((os.environ["DRS_TEST_PG_HOST"], int(os.environ["DRS_TEST_PG_PORT"])), timeout=3).close()' >/dev/null 2>&1; \
 	fi
 
-.PHONY: help venv redis chromium demo lint docs test test-sqlite test-postgres test-django-suite \
-	test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench bench-smoke wrk chaos \
-	fuzz clean
+.PHONY: help venv redis chromium demo lint docs messages gettext test test-sqlite test-postgres \
+	test-django-suite test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench \
+	bench-smoke wrk chaos fuzz clean
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -147,6 +150,26 @@ $(DOCS_STAMP): pyproject.toml $(STAMP)
 # reference too.
 docs: $(DOCS_STAMP)
 	$(BIN)/sphinx-build -E -W --keep-going -n -b html docs docs/_build/html
+
+# GNU gettext (xgettext, msgmerge, msgfmt) for `make messages`: installed with apt-get when
+# missing and we are root.
+gettext:
+	@if ! command -v msgfmt >/dev/null 2>&1 \
+		&& [ "$$(id -u 2>/dev/null)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "msgfmt not found; installing Debian's gettext with apt-get"; \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gettext; } \
+			|| echo "apt-get could not install gettext" >&2; \
+	fi; \
+	command -v msgfmt >/dev/null 2>&1 || { \
+		echo "error: GNU gettext is missing (apt-get install gettext, brew install gettext)" >&2; \
+		exit 1; }
+
+# Catalogs of every shipped language (en, zh_Hans, fr, de): new strings are added untranslated,
+# then everything is compiled. Translate the new msgstr "" entries and run it again.
+messages: venv gettext
+	cd django_resilient_sessions && $(abspath $(BIN))/django-admin makemessages -a \
+		--add-location file --no-obsolete --ignore 'migrations/*'
+	cd django_resilient_sessions && $(abspath $(BIN))/django-admin compilemessages
 
 test: venv redis chromium
 	@$(MAKE) --no-print-directory lint

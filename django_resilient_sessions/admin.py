@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext, pgettext_lazy
 
 from .models import UserSession
 
@@ -29,7 +29,10 @@ class StatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("active", _("active")), ("ended", _("ended or expired"))]
+        return [
+            ("active", pgettext_lazy("session status", "active")),
+            ("ended", pgettext_lazy("session status", "ended or expired")),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         active = UserSession.objects.active().values("pk")
@@ -56,13 +59,17 @@ class UserSessionAdmin(ModelAdmin):
 
     @admin.display(description=_("device"))
     def device(self, obj: UserSession) -> str:
-        return " / ".join(part for part in (obj.browser, obj.os) if part) or obj.device_type
+        return " / ".join(part for part in (obj.browser, obj.os) if part) or obj.device_type_label
 
     @admin.display(description=_("status"))
     def status(self, obj: UserSession) -> str:
         if obj.ended_at is not None:
-            return f"ended ({obj.get_end_reason_display()})"
-        return "active" if obj.expires_at > timezone.now() else "expired"
+            # Translators: the status of a session, with why it ended, e.g. "ended (revoked)".
+            ended = pgettext("session status", "ended (%(reason)s)")
+            return ended % {"reason": obj.get_end_reason_display()}
+        if obj.expires_at > timezone.now():
+            return pgettext("session status", "active")
+        return pgettext("session status", "expired")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -86,6 +93,7 @@ class UserSessionAdmin(ModelAdmin):
         count = UserSession.objects.filter(pk__in=queryset.values("pk")).revoke()
         self.message_user(
             request,
-            ngettext("%d session revoked.", "%d sessions revoked.", count) % count,
+            ngettext("%(count)d session revoked.", "%(count)d sessions revoked.", count)
+            % {"count": count},
             messages.SUCCESS,
         )

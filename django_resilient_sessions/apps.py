@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class ResilientSessionsConfig(AppConfig):
     name = "django_resilient_sessions"
-    verbose_name = "Resilient sessions"
+    verbose_name = _("Resilient sessions")
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:

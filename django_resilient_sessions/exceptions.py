@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+
 __all__ = [
     "CacheUnavailable",
     "LedgerUnavailable",
@@ -38,4 +42,20 @@ class LedgerUnavailable(ResilientSessionsError):
 
 
 class SessionLimitExceeded(ResilientSessionsError):
-    """A login would pass ``MAX_SESSIONS_PER_USER`` under the ``refuse`` policy."""
+    """A login would pass ``MAX_SESSIONS_PER_USER`` under the ``refuse`` policy.
+
+    Its message is meant for the user: ``str(error)`` is :attr:`message`, in
+    the language active when it is read (the request's, in a view).
+    """
+
+    #: What the user is told (``SessionMiddleware``'s 403 page shows it too).
+    message = _(
+        "This account already has the most active sessions allowed. "
+        "Sign out on another device, then sign in again."
+    )
+
+    def __init__(self, message: Any = None) -> None:
+        super().__init__(self.message if message is None else message)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else str(self.message)

@@ -43,10 +43,7 @@ def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
     if isinstance(error, SessionLimitExceeded):
         status, code = 403, "session_limit"
         title = _("Too many active sessions")
-        message = _(
-            "This account already has the most active sessions allowed. "
-            "Sign out on another device, then sign in again."
-        )
+        message = str(error)
     else:
         status, code = 503, "ledger_unavailable"
         title = _("Please try again in a moment")

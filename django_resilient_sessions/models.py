@@ -14,11 +14,21 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from .conf import conf
 
-__all__ = ["EndReason", "PendingPurge", "UserSession"]
+__all__ = ["DEVICE_TYPES", "EndReason", "PendingPurge", "UserSession"]
+
+#: The names of ``UserSession.device_type``'s values (see ``django_resilient_sessions.devices``).
+DEVICE_TYPES = {
+    "desktop": pgettext_lazy("device type", "desktop"),
+    "mobile": pgettext_lazy("device type", "mobile"),
+    "tablet": pgettext_lazy("device type", "tablet"),
+    "bot": pgettext_lazy("device type", "bot"),
+    "other": pgettext_lazy("device type", "other device"),
+}
 
 
 class EndReason(models.TextChoices):
@@ -102,7 +112,16 @@ class UserSession(models.Model):
         indexes = (models.Index(fields=["user", "ended_at"], name="drs_user_ended_idx"),)
 
     def __str__(self) -> str:
-        return f"{self.user} since {self.created_at:%Y-%m-%d %H:%M}"
+        # Translators: a user's session in the admin, e.g. "alice since 2024-05-01 09:30".
+        return gettext("%(user)s since %(date)s") % {
+            "user": self.user,
+            "date": f"{self.created_at:%Y-%m-%d %H:%M}",
+        }
+
+    @property
+    def device_type_label(self) -> str:
+        """``device_type`` in words, in the active language ("" when unknown)."""
+        return str(DEVICE_TYPES.get(self.device_type, self.device_type))
 
     @property
     def is_active(self) -> bool:

@@ -14,10 +14,12 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 
 from . import tracking
 from .models import EndReason, UserSession
+from .typing import resilient_session
 
 __all__ = ["revoke_others", "revoke_session", "session_list"]
 
@@ -28,7 +30,8 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 def _current(request: HttpRequest) -> str:
-    return str(getattr(request.session, "key_hash", ""))
+    session = resilient_session(request)
+    return session.key_hash if session is not None else ""
 
 
 def _row(row: UserSession, current: str) -> dict[str, Any]:
@@ -81,6 +84,7 @@ def revoke_session(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def revoke_others(request: HttpRequest) -> HttpResponse:
     count = tracking.end_user_sessions(request.user, str(EndReason.REVOKED), keep=_current(request))
-    return _done(
-        request, _("Signed out of %(count)d other sessions.") % {"count": count}, revoked=count
-    )
+    message = ngettext(
+        "Signed out of %(count)d other session.", "Signed out of %(count)d other sessions.", count
+    ) % {"count": count}
+    return _done(request, message, revoked=count)

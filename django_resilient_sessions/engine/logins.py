@@ -75,10 +75,7 @@ class Logins(Loading):
         if not recorded:
             self._take_back_login(data)
             logger.warning("Login refused: the user is at MAX_SESSIONS_PER_USER.")
-            raise SessionLimitExceeded(
-                "This account already has the most active sessions allowed. "
-                "Sign out on another device first."
-            )
+            raise SessionLimitExceeded()  # its message is the user's, translated
         lifecycle.stamp(data, now, expires_at, login=True)
         self._user = str(user)
         self._withheld = {}
