@@ -200,8 +200,8 @@ class SessionCache:
         if not self.redis.cluster:
             return [self.breaker]
         try:
-            served = self.redis.client().nodes_manager.slots_cache
-        except CACHE_ERRORS:
+            served = self._cluster().nodes_manager.slots_cache
+        except (CacheUnavailable, *CACHE_ERRORS):
             return [self.breaker]  # no slot map: the cluster as a whole
         names = {served[slot][0].name for slot in slots if served.get(slot)}
         return [get_breaker(self.alias, name) for name in sorted(names)]
@@ -217,23 +217,46 @@ class SessionCache:
         """The breaker guarding the Redis key ``key``: its node's on a cluster."""
         if not self.redis.cluster:
             return self.breaker
+        client = self._cluster()
         try:
-            node = self.redis.client().get_node_from_key(key)
+            node = client.get_node_from_key(key)
         except CACHE_ERRORS as error:
-            # The slot map cannot be had (no node answers): the cluster as a whole.
+            # The slot map lacks it (no node answers for the slot): the cluster as a whole.
             self._failed(self.breaker, error)
             raise CacheUnavailable(self.alias) from error
         return get_breaker(self.alias, node.name)
 
+    def _cluster(self) -> Any:
+        """The cluster client.  Making it asks a node for the slot map: that goes
+        through the alias's breaker, so a cluster that cannot be reached is not
+        asked again by every request."""
+        if self.redis.connected:
+            return self.redis.client()
+        allowed = self.breaker.allow()
+        if allowed is False:
+            health.count("cache_skipped")
+            raise CacheUnavailable(self.alias)
+        try:
+            client = self.redis.client()
+        except CACHE_ERRORS as error:
+            self._failed(self.breaker, error)
+            raise CacheUnavailable(self.alias) from error
+        self._close(self.breaker)
+        return client
+
     def breakers(self) -> list[CircuitBreaker]:
-        """The breakers of every primary serving the alias (made if need be)."""
+        """The breakers of every primary serving the alias (made if need be).
+
+        On a cluster the alias's own breaker only guards making the client
+        (:meth:`_cluster`): the gates are the nodes'.  No slot map, no nodes.
+        """
         if not self.redis.cluster:
             return [self.breaker]
         try:
-            primaries = self.redis.client().get_primaries()
-        except CACHE_ERRORS:
-            return [self.breaker, *breakers_of(self.alias)]
-        return [self.breaker] + [get_breaker(self.alias, n.name) for n in primaries]
+            primaries = self._cluster().get_primaries()
+        except (CacheUnavailable, *CACHE_ERRORS):
+            return [b for b in breakers_of(self.alias) if b.node is not None]
+        return [get_breaker(self.alias, n.name) for n in primaries]
 
     def reachable(self, key_hash: str) -> bool:
         """Does the breaker of this session's Redis key let calls through?"""
@@ -445,8 +468,6 @@ class SessionCache:
 
         times: dict[str, float | None] = {}
         for breaker in self.breakers():
-            if self.redis.cluster and breaker.node is None:
-                continue
             start = time.perf_counter()
             try:
                 _run_quick(self._node_client(breaker), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)

@@ -94,6 +94,11 @@ class RedisAccess:
         self.backend: Any = backend
         self._client: Any = None
 
+    @property
+    def connected(self) -> bool:
+        """Has :meth:`client` made its client already?"""
+        return self._client is not None
+
     def client(self) -> Any:
         """A redis-py client for the primary (reads go there too: no stale replica).
 
@@ -102,7 +107,7 @@ class RedisAccess:
         if self._client is None:
             if self.kind == DJANGO_REDIS:
                 self._client = self.backend.client.get_client(write=True)
-            else:
+            else:  # Django's RedisCache, and ours for a cluster (a subclass)
                 self._client = self.backend._cache.get_client(write=True)
         return self._client
 
