@@ -31,9 +31,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
@@ -42,6 +44,7 @@ from . import health, signals
 from .breaker import CLOSED, CircuitBreaker, breakers_of, forget_nodes, get_breaker
 from .conf import conf
 from .exceptions import CacheUnavailable
+from .outbox import slot_of
 from .redisclient import RedisAccess
 from .trust import Cache
 
@@ -159,6 +162,15 @@ class SessionCache:
         self.alias = alias or settings.SESSION_CACHE_ALIAS
         self.redis = RedisAccess(self.alias, backend)
         self.serializer = serializer or import_string(settings.SESSION_SERIALIZER)
+        if self.redis.cluster:
+            probe = hashlib.sha256(b"slot").hexdigest()
+            if key_slot(self.entry_key(probe).encode()) != slot_of(probe):
+                raise ImproperlyConfigured(
+                    f"The keys of the Redis Cluster session cache {self.alias!r} do not keep "
+                    "the session's hash tag (a KEY_PREFIX or KEY_FUNCTION with '{'): "
+                    "sessions would not be spread over the cluster, and queued deletions "
+                    "could not tell their node."
+                )
 
     @classmethod
     def of(cls, alias: str, serializer: Any) -> SessionCache:

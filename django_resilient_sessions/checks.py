@@ -9,11 +9,12 @@ ID                                          problem
 ``django_resilient_sessions.E004``          engine is ours, our middleware (or subclass) missing
 ``django_resilient_sessions.E005``          Django's ``SessionMiddleware`` is installed beside ours
 ``django_resilient_sessions.E006``          ``SESSION_CACHE_ALIAS`` is not in ``CACHES``
-``django_resilient_sessions.E007``          that cache is not django-redis or Django RedisCache
+``django_resilient_sessions.E007``          that cache is not a supported Redis cache backend
 ``django_resilient_sessions.E008``          ``IGNORE_EXCEPTIONS`` is on for it
 ``django_resilient_sessions.E009``          backup cookie name clashes with another cookie
 ``django_resilient_sessions.E010``          our middleware comes after one that reads the session
 ``django_resilient_sessions.E011``          the ledger is routed to another database than the users
+``django_resilient_sessions.E012``          a cluster cache whose key prefix breaks the hash tags
 ``django_resilient_sessions.W001``          no socket timeouts on the session cache
 ``django_resilient_sessions.W002``          our middleware without our engine
 ``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
@@ -35,6 +36,7 @@ from django.utils.module_loading import import_string
 from .conf import DEFAULTS
 
 ENGINE = "django_resilient_sessions.backends.resilient"
+CLUSTER_BACKEND = "django_resilient_sessions.cache.RedisClusterCache"
 MIDDLEWARE = "django_resilient_sessions.middleware.SessionMiddleware"
 DJANGO_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 ID = "django_resilient_sessions."
@@ -269,8 +271,9 @@ def _check_cache() -> list[CheckMessage]:
         return [
             Error(
                 f"The session cache {alias!r} is {backend!r}, not a Redis cache.",
-                hint="Use 'django_redis.cache.RedisCache' or "
-                "'django.core.cache.backends.redis.RedisCache' for the session cache.",
+                hint="Use 'django_redis.cache.RedisCache', "
+                "'django.core.cache.backends.redis.RedisCache' or, for Redis Cluster, "
+                f"{CLUSTER_BACKEND!r} for the session cache.",
                 id=ID + "E007",
             )
         ]
@@ -288,6 +291,24 @@ def _check_cache() -> list[CheckMessage]:
                 id=ID + "E008",
             )
         )
+    if _is(backend, CLUSTER_BACKEND):
+        ours = getattr(settings, "RESILIENT_SESSIONS", {})
+        own = (
+            ours.get("CACHE_KEY_PREFIX", DEFAULTS["CACHE_KEY_PREFIX"])
+            if isinstance(ours, dict)
+            else ""
+        )
+        if "{" in str(config.get("KEY_PREFIX", "")) + str(own):
+            errors.append(
+                Error(
+                    f"The Redis Cluster session cache {alias!r} has a '{{' in its KEY_PREFIX "
+                    "or in RESILIENT_SESSIONS['CACHE_KEY_PREFIX']: a session's key hash must "
+                    "be its key's hash tag, or every session falls in one slot and queued "
+                    "deletions cannot tell their node.",
+                    hint="Remove '{' from both prefixes.",
+                    id=ID + "E012",
+                )
+            )
     names = ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT")
     if builtin:
         names = ("socket_timeout", "socket_connect_timeout")  # redis-py's own keywords

@@ -69,3 +69,47 @@ except ImproperlyConfigured as error:
     )
     assert "ImproperlyConfigured:" in done.stdout, done.stderr[-2000:]
     assert "not in INSTALLED_APPS" in done.stdout
+
+
+CLUSTER = {
+    "BACKEND": "django_resilient_sessions.cache.RedisClusterCache",
+    # Never contacted: the checks and the key layout are decided before any connection.
+    "LOCATION": ["redis://127.0.0.1:1"],
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "ours"),
+    [({"KEY_PREFIX": "site{a}"}, {}), ({}, {"CACHE_KEY_PREFIX": "s{x}:"})],
+)
+def test_a_brace_in_a_cluster_cache_key_prefix_is_a_check_error(
+    extra: dict[str, str], ours: dict[str, str]
+) -> None:
+    from django_resilient_sessions.checks import check_wiring
+
+    with override_settings(CACHES={"default": {**CLUSTER, **extra}}, RESILIENT_SESSIONS=ours):
+        ids = [message.id for message in check_wiring()]
+    assert "django_resilient_sessions.E012" in ids
+
+
+def test_a_cluster_cache_without_a_brace_passes_the_checks() -> None:
+    from django_resilient_sessions.checks import check_wiring
+
+    cluster = {**CLUSTER, "OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}}
+    with override_settings(CACHES={"default": cluster}):
+        ids = [message.id for message in check_wiring()]
+    assert not [i for i in ids if i.endswith(("E007", "E012", "W001"))], ids
+
+
+def braced_key(key: str, key_prefix: str, version: int) -> str:
+    """A KEY_FUNCTION that puts a hash tag of its own in front (every key in one slot)."""
+    return f"{{site}}:{version}:{key}"
+
+
+def test_a_cluster_key_function_that_loses_the_hash_tag_fails_at_first_use() -> None:
+    from django_resilient_sessions.cachecopy import SessionCache
+
+    function = f"{__name__}.braced_key"
+    with override_settings(CACHES={"default": {**CLUSTER, "KEY_FUNCTION": function}}):
+        with pytest.raises(ImproperlyConfigured, match="hash tag"):
+            SessionCache("default")
