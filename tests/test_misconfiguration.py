@@ -110,6 +110,6 @@ def test_a_cluster_key_function_that_loses_the_hash_tag_fails_at_first_use() -> 
     from django_resilient_sessions.cachecopy import SessionCache
 
     function = f"{__name__}.braced_key"
-    with override_settings(CACHES={"default": {**CLUSTER, "KEY_FUNCTION": function}}):
-        with pytest.raises(ImproperlyConfigured, match="hash tag"):
-            SessionCache("default")
+    caches = {"default": {**CLUSTER, "KEY_FUNCTION": function}}
+    with override_settings(CACHES=caches), pytest.raises(ImproperlyConfigured, match="hash tag"):
+        SessionCache("default")
