@@ -22,7 +22,15 @@ from typing import Any
 
 from .conf import conf
 
-__all__ = ["CircuitBreaker", "breakers_of", "forget_nodes", "get_breaker", "reset_breakers"]
+__all__ = [
+    "CircuitBreaker",
+    "breakers_of",
+    "find_breaker",
+    "forget_nodes",
+    "get_breaker",
+    "reset_breakers",
+    "slot_owners",
+]
 
 logger = logging.getLogger("django_resilient_sessions")
 
@@ -132,6 +140,13 @@ class CircuitBreaker:
 
 _breakers: dict[str, CircuitBreaker] = {}
 _registry_lock = threading.Lock()
+#: Per alias, the node this process last saw serving each slot (Redis Cluster).
+_owners: dict[str, dict[int, str]] = {}
+
+
+def slot_owners(alias: str) -> dict[int, str]:
+    """Slot -> ``host:port`` of the node last seen serving it, for ``alias`` (mutable)."""
+    return _owners.setdefault(alias, {})
 
 
 def get_breaker(alias: str, node: str | None = None) -> CircuitBreaker:
@@ -142,6 +157,11 @@ def get_breaker(alias: str, node: str | None = None) -> CircuitBreaker:
     except KeyError:
         with _registry_lock:
             return _breakers.setdefault(name, CircuitBreaker(alias, node))
+
+
+def find_breaker(alias: str, node: str | None = None) -> CircuitBreaker | None:
+    """The breaker of ``alias`` (its node ``node``) if this process has one."""
+    return _breakers.get(alias if node is None else f"{alias}@{node}")
 
 
 def breakers_of(alias: str) -> list[CircuitBreaker]:
@@ -165,3 +185,4 @@ def reset_breakers() -> None:
     """Forget every breaker's state (for tests, and after reconfiguring caches)."""
     with _registry_lock:
         _breakers.clear()
+        _owners.clear()

@@ -41,7 +41,15 @@ from redis.retry import Retry
 
 from . import conf as conf_module
 from . import health, signals
-from .breaker import CLOSED, CircuitBreaker, breakers_of, forget_nodes, get_breaker
+from .breaker import (
+    CLOSED,
+    CircuitBreaker,
+    breakers_of,
+    find_breaker,
+    forget_nodes,
+    get_breaker,
+    slot_owners,
+)
 from .conf import conf
 from .exceptions import CacheUnavailable
 from .outbox import slot_of
@@ -231,12 +239,41 @@ class SessionCache:
             return self.breaker
         client = self._cluster()
         try:
-            node = client.get_node_from_key(key)
+            slot = client.keyslot(key)
+            node = client.nodes_manager.get_node_from_slot(slot)
         except CACHE_ERRORS as error:
             # The slot map lacks it (no node answers for the slot): the cluster as a whole.
             self._failed(self.breaker, error)
             raise CacheUnavailable(self.alias) from error
-        return get_breaker(self.alias, node.name)
+        breaker = get_breaker(self.alias, node.name)
+        owners = slot_owners(self.alias)
+        previous = owners.get(slot)
+        if previous != node.name:
+            if previous is not None:
+                self._taken_over(previous, breaker)
+            owners[slot] = node.name
+        return breaker
+
+    def _taken_over(self, previous: str, breaker: CircuitBreaker) -> None:
+        """A slot moved from node ``previous`` to ``breaker``'s node.
+
+        After a failover the new owner (a promoted replica) holds copies of
+        sessions whose deletions were queued while ``previous`` was down: it is
+        trusted only once its slots' queue is known to be empty, as the
+        previous node would have been.  A slot moved off a healthy node (a
+        resharding) needs nothing.
+        """
+        old = find_breaker(self.alias, previous)
+        if old is not None and old.state == CLOSED:
+            return
+        if breaker.state == CLOSED and _gate is not None and not _gate(self, breaker):
+            logger.warning(
+                "Session cache node %s took over slots of %s: using backups for them "
+                "until the deletions queued meanwhile are done.",
+                breaker.node,
+                previous,
+            )
+            breaker.hold()
 
     def _cluster(self) -> Any:
         """The cluster client.  Making it asks a node for the slot map: that goes

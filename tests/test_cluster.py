@@ -428,3 +428,41 @@ def test_no_cluster_at_all_serves_everyone_from_backups(cluster: LocalCluster) -
             person.check()
         cool_down()
     assert all(person.check()["degraded"] is False for person in people)
+
+
+def test_a_logout_while_a_master_is_down_stays_a_logout_after_its_replica_takes_over(
+    cluster: LocalCluster,
+) -> None:
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    master = cluster.node_at(port)
+    leaving = groups[port][0]
+    redis_key = leaving.redis_key
+    stolen = {name: m.value for name, m in leaving.client.cookies.items()}
+    cluster.kill(master)
+    ok(leaving.client.post("/logout/"))  # its Redis copy cannot be deleted: queued
+    assert PendingPurge.objects.count() == 1
+
+    def replay() -> Any:
+        thief = Client()
+        for name, value in stolen.items():
+            thief.cookies[name] = value
+        return ok(thief.get("/whoami/"))["user"]
+
+    assert replay() is None
+    # The replica, which holds the session's copy from before the logout, takes over.
+    promoted = cluster.wait_failover(master)
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(redis_key) not in (None, TOMBSTONE)  # the copy survived the failover
+    for _ in range(4):
+        assert replay() is None
+        for person in groups[port][1:]:
+            person.check()
+        cool_down()
+    # The queued deletion reached the new master; the others are served from Redis again.
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(redis_key) == TOMBSTONE
+    assert PendingPurge.objects.count() == 0
+    for person in groups[port][1:]:
+        assert person.check()["degraded"] is False
