@@ -251,8 +251,17 @@ class SessionCache:
         if previous != node.name:
             if previous is not None:
                 self._taken_over(previous, breaker)
+                self._forget_gone(client)
             owners[slot] = node.name
         return breaker
+
+    def _forget_gone(self, client: Any) -> None:
+        """Drop the breakers of nodes that serve no slot any more (a failover).
+
+        Whoever refreshed the slot map (our probe, or redis-py after an error
+        on any node), a dead master's breaker must not stay open for ever.
+        """
+        forget_nodes(self.alias, {primary.name for primary in client.get_primaries()})
 
     def _taken_over(self, previous: str, breaker: CircuitBreaker) -> None:
         """A slot moved from node ``previous`` to ``breaker``'s node.
@@ -305,6 +314,7 @@ class SessionCache:
             primaries = self._cluster().get_primaries()
         except (CacheUnavailable, *CACHE_ERRORS):
             return [b for b in breakers_of(self.alias) if b.node is not None]
+        forget_nodes(self.alias, {n.name for n in primaries})
         return [get_breaker(self.alias, n.name) for n in primaries]
 
     def reachable(self, key_hash: str) -> bool:
@@ -382,7 +392,7 @@ class SessionCache:
         """Ask the cluster who serves which slots now, the failed node last."""
         client = self.redis.client()
         client.nodes_manager.initialize(last_failed_node_name=failed_node)
-        forget_nodes(self.alias, {node.name for node in client.get_primaries()})
+        self._forget_gone(client)
 
     def _node_client(self, breaker: CircuitBreaker) -> Any:
         """A redis-py client of the breaker's node alone (the alias's, off a cluster)."""

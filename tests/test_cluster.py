@@ -325,6 +325,32 @@ def test_a_master_killed_is_replaced_and_redis_serves_again(cluster: LocalCluste
     assert f"default@{master.host}:{master.port}" not in health.snapshot()["breakers"]
 
 
+def test_a_dead_masters_breaker_goes_when_redis_py_refreshed_the_slot_map(
+    cluster: LocalCluster,
+) -> None:
+    """redis-py refreshes its slot map by itself (after an error, on the next command to
+    any node): the engine's own probe then never runs for the dead master, whose breaker
+    must still go once a slot it served is seen on its new owner."""
+    people = browsers()
+    for i, person in enumerate(people):
+        person.write(i)
+    groups = by_node(cluster, people)
+    port = min(groups)
+    master = cluster.node_at(port)
+    cluster.kill(master)
+    for person in groups[port]:
+        person.write(2000)  # opens the dead master's breaker
+    assert open_breakers() == [f"default@{master.host}:{master.port}"]
+    promoted = cluster.wait_failover(master)
+    SessionCache().redis.client().nodes_manager.initialize()  # redis-py's refresh, not ours
+    for person in groups[port]:
+        body = person.check()
+        assert body["degraded"] is False
+        assert person.node(cluster) is promoted
+    assert open_breakers() == []
+    assert health.snapshot()["healthy"] is True
+
+
 def test_a_hung_node_costs_its_own_sessions_only(cluster: LocalCluster) -> None:
     people = browsers()
     groups = by_node(cluster, people)
