@@ -24,7 +24,7 @@ from .cachecopy import SessionCache
 from .conf import conf
 from .exceptions import LedgerUnavailable
 from .models import EndReason, UserSession
-from .trust import plan_delete
+from .trust import Cache, Op, decide
 
 __all__ = [
     "Cleanup",
@@ -60,9 +60,12 @@ def revoke(rows: Any, reason: str) -> int:
 def end_one(
     key_hash: str, reason: str, *, login: bool | None, in_redis: bool, ttl: int = 0
 ) -> None:
-    """End one session as :func:`~.trust.plan_delete` says it must be ended."""
-    plan = plan_delete(login=login, in_redis=in_redis)
+    """End one session as :func:`~.trust.decide` says a deletion must end it."""
+    cache = Cache.PRESENT if in_redis else Cache.ABSENT
+    plan = decide(cache, login=login, op=Op.DELETE)
     if plan.end_row:
+        # Not recorded (LedgerUnavailable): the deletion fails visibly and changes
+        # nothing, as decide(..., row=Row.UNWRITABLE, op=Op.DELETE) says.
         ledger.end_rows([key_hash], reason, queue=plan.queue)
         settle([key_hash], ttl=ttl, queued=plan.queue)
     else:

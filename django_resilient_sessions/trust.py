@@ -1,10 +1,14 @@
 """The trust decision: which copy of a session serves a request, and what follows.
 
 This module is pure: no I/O, no settings, no clock.  The engine
-(:mod:`.backends.resilient`) gathers the states below, asks :func:`decide`, and
-carries out the answer.  The whole rule book is the table that
-:func:`django_resilient_sessions.trusttable.table` prints (``docs/trust-model.md``
-shows it, and a test keeps the two in step).
+(:mod:`.engine`, assembled in :mod:`.backends.resilient`) gathers the states
+below, asks :func:`decide`, and carries out the answer, for each operation
+(:class:`Op`): a load (which copy serves, whether a backup's login is trusted,
+what is written back), a save (how the copies are written, and when the ledger
+must record the version first), a login (recorded, or not a login) and a
+deletion (what ending a session must achieve).  The whole rule book is the
+table that :mod:`django_resilient_sessions.trusttable` prints
+(``docs/trust-model.md`` shows it, and a test keeps the two in step).
 
 States
     :class:`Cache`: what Redis holds for the session key: a copy, nothing, a
@@ -18,14 +22,18 @@ States
     and it is *newer* when its version is above ``r`` too.
 
     :class:`Row`: the session's ``UserSession`` row, asked only when a backup
-    holding a login is about to be used.  ``AHEAD`` is an active row that has
-    already served a newer backup of this session (so this one is a rollback).
+    holding a login is about to be used, when a login's save must be recorded
+    because Redis cannot take it, at login, and at a deletion.  ``AHEAD`` is an
+    active row that has already served a newer backup of this session (so this
+    one is a rollback); ``UNREADABLE`` and ``UNWRITABLE`` are a database that
+    did not answer a read, or refused a write.
 
 Invariants the rules protect
     *never resurrect*: a tombstoned, ended or row-less login is never served;
     *no rollback*: a backup replaces a Redis copy only if it descends from it,
     and a login's backup older than one already served is refused;
-    *fail closed*: a login the ledger cannot vouch for is withheld;
+    *fail closed*: a login the ledger cannot vouch for is withheld, a login it
+    cannot record is not a login, an end it cannot record fails visibly;
     *lose nothing*: a copy that may still be good is never destroyed because of
     a request that could not use it (cookies are kept).
 """
@@ -39,16 +47,20 @@ __all__ = [
     "Backup",
     "Cache",
     "Decision",
-    "DeletePlan",
+    "Op",
     "Row",
     "Serve",
-    "Store",
     "Write",
     "classify",
     "decide",
-    "plan_delete",
-    "plan_save",
 ]
+
+
+class Op(Enum):
+    LOAD = "load"  # which copy serves a request
+    SAVE = "save"  # how a save writes the copies
+    LOGIN = "login"  # recording a login
+    DELETE = "delete"  # what ending a session must achieve
 
 
 class Cache(Enum):
@@ -72,8 +84,9 @@ class Row(Enum):
     ACTIVE = "active"
     AHEAD = "ahead"  # active, but a newer backup of this session was served
     ENDED = "ended"  # ended, expired, or another user's
-    MISSING = "missing"
-    UNREADABLE = "unreadable"
+    MISSING = "missing"  # never recorded (or, at login, refused: the session limit)
+    UNREADABLE = "unreadable"  # the database did not answer a read
+    UNWRITABLE = "unwritable"  # the database refused a write (read-only, locked, down)
 
 
 class Serve(Enum):
@@ -83,12 +96,17 @@ class Serve(Enum):
     LEDGER_LOGIN = "the login alone, from its row"
     NOTHING = "nothing"
     ASK_LEDGER = "ask the ledger"
+    #: A save, a login or a deletion serves nothing.
+    NOT_A_LOAD = "-"
 
 
 class Write(Enum):
     NONE = "-"
-    RECREATE = "recreate"  # put the backup into Redis if no copy is there
+    CREATE = "create"  # a new key: SET NX
+    UPDATE = "update"  # over the copy in hand, unless a tombstone replaced it
+    RECREATE = "recreate"  # put the copy into Redis if no copy is there
     REPLACE = "replace"  # put it over the copy that was read, if that is still there
+    TOMBSTONE = "tombstone"  # the tombstone in place of the copy
 
 
 @dataclass(frozen=True)
@@ -103,8 +121,27 @@ class Decision:
     keep_cookies: bool = False
     #: The ledger ended this session but Redis still holds it: delete that copy.
     purge: bool = False
+    #: A save: the login's row is over, so the login leaves the session.
+    end_login: bool = False
+    #: The operation fails visibly: ``LedgerUnavailable`` (HTTP 503, nothing
+    #: changed), ``UpdateError`` for a save over an ended session, or the login
+    #: refused (``SessionLimitExceeded``).
+    refuse: bool = False
+    #: A save that is a mere renewal, refused: nothing is saved, nothing said.
+    skip: bool = False
+    #: A deletion: end the row first (durably, or the deletion fails visibly).
+    end_row: bool = False
+    #: A deletion Redis cannot take now is queued; for a login, a queue that
+    #: cannot be written fails the deletion visibly too (``must_queue``).
+    queue: bool = False
+    must_queue: bool = False
     #: Why, for logs, signals and metrics.
     reason: str = ""
+
+    @property
+    def ask(self) -> bool:
+        """The ledger row must be asked (or written) first; then decide again with it."""
+        return self.serve is Serve.ASK_LEDGER
 
 
 def classify(
@@ -154,16 +191,40 @@ TRUSTED_UNCHECKED = "ledger unreadable: login trusted (FAIL_CLOSED off)"
 
 def decide(
     cache: Cache,
-    backup: Backup,
-    login: bool,
+    backup: Backup = Backup.NONE,
+    login: bool | None = False,
     row: Row = Row.NOT_ASKED,
     *,
+    op: Op = Op.LOAD,
     fail_closed: bool = True,
+    changed: bool = True,
+    new_key: bool = False,
+    withheld: bool = False,
 ) -> Decision:
-    """What to serve for these states; :attr:`Serve.ASK_LEDGER` asks for ``row``.
+    """What to do for these states; a decision whose :attr:`~Decision.ask` is set
+    asks for ``row`` first.
 
-    ``login`` says whether the backup holds an authenticated user.
+    ``login``: the backup (a load), the session (a save, a deletion) holds an
+    authenticated user; ``None`` at a deletion: unknown (not loaded), which
+    counts as one.  For a save: ``cache`` is ``PRESENT`` when the copy in hand
+    came from (or went to) Redis, ``ABSENT`` when not, ``TOMBSTONED`` when the
+    write met a tombstone and ``UNREACHABLE`` when Redis cannot take it;
+    ``changed``: the session was modified (not a mere renewal of its backup);
+    ``new_key``: it is being created; ``withheld``: its login is held back.
+    For a deletion: ``cache`` is ``PRESENT`` when Redis may hold a copy,
+    ``ABSENT`` when it never did (created during an outage).
     """
+    if op is Op.SAVE:
+        return _save(cache, bool(login), row, changed=changed, new_key=new_key, withheld=withheld)
+    if op is Op.LOGIN:
+        return _login(row)
+    if op is Op.DELETE:
+        return _delete(cache, login, row)
+    return _load(cache, backup, bool(login), row, fail_closed)
+
+
+def _load(cache: Cache, backup: Backup, login: bool, row: Row, fail_closed: bool) -> Decision:
+    """Which copy serves a request."""
     if cache is Cache.TOMBSTONED:
         return Decision(Serve.NOTHING, reject=backup is not Backup.NONE, reason=ENDED)
     if cache is Cache.PRESENT:
@@ -232,47 +293,97 @@ def _use_backup(
     return Decision(Serve.BACKUP, reason=TRUSTED_UNCHECKED)
 
 
-class Store(Enum):
-    CREATE = "create: SET NX (a new key)"
-    UPDATE = "update: SET XX, or recreate if the copy is gone"
-    RECREATE = "recreate: the write-back script (absent copy, no tombstone)"
-    SKIP = "backup only"
+# Saving, logging in, ending -------------------------------------------------
+
+_DONE = Decision(Serve.NOT_A_LOAD)
+
+ENDED_MEANWHILE = "ended meanwhile"
+BACKUP_ONLY = "backup only"
+RECORDED = "backup only, its version recorded"
+ROW_OVER = "renewal found the row over"
+UNPROTECTED = "version cannot be recorded"
+ACTIVITY_LATER = "activity can wait"
+WITHHELD = "login withheld: backup only"
+WRITABLE = "Redis takes it"
 
 
-def plan_save(*, must_create: bool, in_cache: bool, confirmed: bool, reachable: bool) -> Store:
-    """How a save writes the Redis copy.
+def _save(
+    cache: Cache, login: bool, row: Row, *, changed: bool, new_key: bool, withheld: bool
+) -> Decision:
+    """How a save writes the copies (the backup is always written, unless refused).
 
-    ``in_cache``: the session was read from (or written to) Redis in this
-    request; ``confirmed``: no login is held back (a withheld login must not
-    reach Redis, or an anonymous copy would shadow it); ``reachable``: the
-    breaker lets calls through.  A copy not read from Redis is only recreated,
-    never written over: if Redis holds another one, the next load compares them.
+    A copy not read from Redis is only recreated, never written over: if Redis
+    holds another one, the next load compares them.  A login's save that only
+    the backup would keep must have its version recorded by its row first, or
+    an older backup could win over it.
     """
-    if not reachable or not confirmed:
-        return Store.SKIP
-    if must_create:
-        return Store.CREATE
-    return Store.UPDATE if in_cache else Store.RECREATE
+    if cache is Cache.TOMBSTONED:
+        # The session ended meanwhile (logout in another tab, revoked).
+        return replace(_DONE, refuse=changed, skip=not changed, reason=ENDED_MEANWHILE)
+    if withheld:
+        # A login held back must not reach Redis: an anonymous copy would shadow it.
+        return replace(_DONE, reason=WITHHELD)
+    if row in (Row.ENDED, Row.MISSING):
+        # Whatever else happens, a login whose row is over leaves the session.
+        write = Write.NONE if cache is Cache.UNREACHABLE else _write_for(cache, new_key)
+        return replace(_DONE, write=write, end_login=True, reason=ROW_OVER)
+    if cache is not Cache.UNREACHABLE:
+        reason = ACTIVITY_LATER if row is Row.UNWRITABLE else WRITABLE
+        return replace(_DONE, write=_write_for(cache, new_key), reason=reason)
+    if not login:
+        return replace(_DONE, reason=BACKUP_ONLY)
+    if row is Row.NOT_ASKED:
+        return _ASK
+    if row in (Row.UNWRITABLE, Row.UNREADABLE):
+        return replace(_DONE, refuse=changed, skip=not changed, reason=UNPROTECTED)
+    return replace(_DONE, reason=RECORDED)
 
 
-@dataclass(frozen=True)
-class DeletePlan:
-    #: End the ``UserSession`` row; if that fails, the deletion fails visibly.
-    end_row: bool
-    #: When Redis cannot delete its copy now, queue the deletion; for a login
-    #: a queue that cannot be written fails the deletion visibly too.
-    queue: bool
-    #: A failure to queue is the caller's error (a login), not only a log line.
-    must_queue: bool
+def _write_for(cache: Cache, new_key: bool) -> Write:
+    if new_key:
+        return Write.CREATE
+    return Write.UPDATE if cache is Cache.PRESENT else Write.RECREATE
 
 
-def plan_delete(*, login: bool | None, in_redis: bool) -> DeletePlan:
-    """What deleting a session must achieve.
+LOGIN_RECORDED = "login recorded"
+LOGIN_REFUSED = "login not recorded"
+LIMIT = "at the session limit"
 
-    ``login``: the session holds (or held back) a login; ``None`` when unknown
-    (a key deleted without being loaded), which counts as one.  ``in_redis``:
-    Redis may hold a copy (a session that was never stored there, created
-    during an outage, queues nothing: so nobody can fill the queue at will).
+
+def _login(row: Row) -> Decision:
+    """A login is recorded by its row, or it is not a login."""
+    if row is Row.NOT_ASKED:
+        return _ASK
+    if row is Row.ACTIVE:
+        return replace(_DONE, reason=LOGIN_RECORDED)
+    if row is Row.MISSING:
+        return replace(_DONE, refuse=True, reason=LIMIT)  # the ledger made no row: no room
+    return replace(_DONE, refuse=True, reason=LOGIN_REFUSED)
+
+
+ROW_THEN_TOMBSTONE = "row ended, then the tombstone"
+END_REFUSED = "end not recorded"
+TOMBSTONE_ONLY = "anonymous: the tombstone, best effort"
+
+
+def _delete(cache: Cache, login: bool | None, row: Row) -> Decision:
+    """What ending a session must achieve.
+
+    A login (or a session whose login is unknown or held back) ends its row
+    first, durably, or the deletion fails visibly and changes nothing; then its
+    Redis copy becomes a tombstone, or the deletion is queued, and a queue that
+    cannot be written fails it visibly too.  A session that was never in Redis
+    queues nothing, so nobody can fill the queue at will.
     """
     is_login = login is not False
-    return DeletePlan(end_row=is_login, queue=in_redis, must_queue=in_redis and is_login)
+    in_redis = cache is not Cache.ABSENT
+    if is_login and row in (Row.UNWRITABLE, Row.UNREADABLE):
+        return replace(_DONE, refuse=True, reason=END_REFUSED)
+    return replace(
+        _DONE,
+        write=Write.TOMBSTONE,
+        end_row=is_login,
+        queue=in_redis,
+        must_queue=in_redis and is_login,
+        reason=ROW_THEN_TOMBSTONE if is_login else TOMBSTONE_ONLY,
+    )

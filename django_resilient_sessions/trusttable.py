@@ -1,14 +1,16 @@
-"""The trust model as a table: every state :func:`.trust.decide` can meet, its answer,
-and the invariant that answer protects.
+"""The trust model as tables: every state :func:`.trust.decide` can meet, its answer,
+and the invariant that answer protects, for each operation.
 
-``docs/trust-model.md`` prints :func:`markdown_table`; the tests check that the
-page and the code agree and that every reason has an entry in :data:`PROTECTS`.
+``docs/trust-model.md`` prints :func:`markdown_table` (loads) and
+:func:`markdown_save_table`, :func:`markdown_login_table` and
+:func:`markdown_delete_table`; the tests check that the page and the code agree
+and that every reason has an entry in :data:`PROTECTS`.
 """
 
 from __future__ import annotations
 
 from . import trust
-from .trust import Backup, Cache
+from .trust import Backup, Cache, Op, Row
 
 
 def table(*, fail_closed: bool = True) -> list[tuple[str, str, str, str, trust.Decision]]:
@@ -26,7 +28,7 @@ def table(*, fail_closed: bool = True) -> list[tuple[str, str, str, str, trust.D
                     shown = "any" if not _login_matters(cache, backup) else _yes(login)
                     rows.append((cache.value, backup.value, shown, "-", first))
                     continue
-                for row in list(trust.Row)[1:]:
+                for row in READ_ROWS:
                     if row is trust.Row.AHEAD and _asks_for_a_login(cache, backup):
                         continue  # no backup version to be behind
                     decision = trust.decide(cache, backup, login, row, fail_closed=fail_closed)
@@ -54,6 +56,23 @@ PROTECTS = {
     ),
     trust.UNREADABLE_NOTHING: "fail closed: no login the ledger cannot vouch for",
     trust.ENDED: "never resurrect: the tombstone says it ended",
+    # Saves
+    trust.WRITABLE: "one round trip; a copy not read from Redis never overwrites one",
+    trust.ACTIVITY_LATER: "availability: the activity stamp waits for the next save",
+    trust.BACKUP_ONLY: "lose nothing (anonymous data: the documented exception to no rollback)",
+    trust.RECORDED: "no rollback: the row knows the newest backup of this login",
+    trust.UNPROTECTED: "no rollback: a change no row can vouch for is not acknowledged",
+    trust.ROW_OVER: "never resurrect: a renewal that finds no active row ends the login",
+    trust.WITHHELD: "fail closed: a withheld login never reaches Redis, nor is lost",
+    trust.ENDED_MEANWHILE: "never resurrect: a save never overwrites a tombstone",
+    # Logins
+    trust.LOGIN_RECORDED: "every login has its row (listed, counted, revocable)",
+    trust.LOGIN_REFUSED: "a login that cannot be recorded is not a login",
+    trust.LIMIT: "MAX_SESSIONS_PER_USER (policy refuse)",
+    # Deletions
+    trust.ROW_THEN_TOMBSTONE: "never resurrect: the end is durable before Redis is touched",
+    trust.TOMBSTONE_ONLY: "no queue growth at will: only copies that may be in Redis queue",
+    trust.END_REFUSED: "a logout or revocation is recorded or visibly fails",
 }
 
 
@@ -70,6 +89,138 @@ def markdown_table(*, fail_closed: bool = True) -> str:
         cells = [cache, backup, login, row, d.serve.value, d.write.value, renew, cookies]
         lines.append("| " + " | ".join([*cells, PROTECTS[d.reason]]) + " |")
     return "\n".join(lines) + "\n"
+
+
+#: The ledger's answers to a read (a load never writes the row).
+READ_ROWS = tuple(row for row in Row if row not in (Row.NOT_ASKED, Row.UNWRITABLE))
+
+#: The ledger's answers a save, a login or a deletion can get.
+WRITE_ROWS = (Row.NOT_ASKED, Row.ACTIVE, Row.ENDED, Row.UNWRITABLE)
+
+
+def save_table() -> list[SaveRow]:
+    """(Redis, login, changed, new key, row, decision) for every save state."""
+    rows: list[SaveRow] = []
+    for cache in Cache:
+        for login in ("no", "yes", "withheld"):
+            for new_key in (False, True):
+                if new_key and cache is not Cache.ABSENT:
+                    continue  # a new key has no copy in Redis yet
+                for changed in (True, False):
+                    for row in WRITE_ROWS:
+                        decision = trust.decide(
+                            cache,
+                            login=login != "no",
+                            row=row,
+                            op=Op.SAVE,
+                            changed=changed,
+                            new_key=new_key,
+                            withheld=login == "withheld",
+                        )
+                        if decision.ask or not _row_asked(row, login, cache):
+                            continue
+                        cells = (cache.value, login, _yes(changed), _yes(new_key), row.value)
+                        rows.append((*cells, decision))
+    return _merged(_merged(rows, 2, ("yes", "no"), "any"), 4, ("-", "active"), "- or active")
+
+
+def _row_asked(row: Row, login: str, cache: Cache) -> bool:
+    """Does the engine ask (or write) the row in this state at all?"""
+    if login != "yes" or cache is Cache.TOMBSTONED:
+        return row is Row.NOT_ASKED
+    return True
+
+
+SaveRow = tuple[str, str, str, str, str, trust.Decision]
+
+
+def _merged(rows: list[SaveRow], column: int, values: tuple[str, str], shown: str) -> list[SaveRow]:
+    """Merge the rows that differ only by ``column`` (one of ``values``) into one."""
+    merged: list[SaveRow] = []
+    for row in rows:
+        twins = [
+            i
+            for i, other in enumerate(merged)
+            if other[5] == row[5]
+            and {other[column], row[column]} == set(values)
+            and all(other[c] == row[c] for c in range(5) if c != column)
+        ]
+        if twins:
+            cells = list(merged[twins[0]][:5])
+            cells[column] = shown
+            merged[twins[0]] = (cells[0], cells[1], cells[2], cells[3], cells[4], row[5])
+        else:
+            merged.append(row)
+    return merged
+
+
+def login_table() -> list[tuple[str, trust.Decision]]:
+    return [(row.value, trust.decide(Cache.ABSENT, row=row, op=Op.LOGIN)) for row in LOGIN_ROWS]
+
+
+#: The ledger's answers to recording a login: a row, no room for one, or a refusal.
+LOGIN_ROWS = (Row.ACTIVE, Row.MISSING, Row.UNWRITABLE)
+
+
+def delete_table() -> list[tuple[str, str, str, trust.Decision]]:
+    """(Redis may hold it, login, row, decision) for every deletion state."""
+    rows: list[tuple[str, str, str, trust.Decision]] = []
+    for cache in (Cache.PRESENT, Cache.ABSENT):
+        for login in (False, True, None):
+            for row in (Row.NOT_ASKED, Row.UNWRITABLE) if login is not False else (Row.NOT_ASKED,):
+                decision = trust.decide(cache, login=login, row=row, op=Op.DELETE)
+                shown = {False: "no", True: "yes", None: "unknown"}[login]
+                rows.append((_yes(cache is Cache.PRESENT), shown, row.value, decision))
+    return rows
+
+
+def markdown_save_table() -> str:
+    lines = [
+        "| Redis | login | changed | new key | row | Redis write | then | protects |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for *cells, d in save_table():
+        then = _outcome(d) or "backup written"
+        lines.append("| " + " | ".join([*cells, d.write.value, then, PROTECTS[d.reason]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_login_table() -> str:
+    lines = ["| row | then | protects |", "| --- | --- | --- |"]
+    for row, d in login_table():
+        then = _outcome(d) or "logged in"
+        lines.append(f"| {row} | {then} | {PROTECTS[d.reason]} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_delete_table() -> str:
+    lines = [
+        "| Redis may hold it | login | row | end the row | Redis | queue if Redis fails |"
+        " then | protects |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for in_redis, login, row, d in delete_table():
+        queue = "must" if d.must_queue else ("best effort" if d.queue else "-")
+        cells = [in_redis, login, row, _yes(d.end_row), d.write.value, queue]
+        then = _outcome(d) or "ended"
+        lines.append("| " + " | ".join([*cells, then, PROTECTS[d.reason]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _outcome(d: trust.Decision) -> str:
+    if d.refuse:
+        return "refused: " + (
+            "UpdateError"
+            if d.reason == trust.ENDED_MEANWHILE
+            else (
+                "SessionLimitExceeded (403)" if d.reason == trust.LIMIT else "503, nothing changed"
+            )
+        )
+    if d.skip:
+        return "nothing (a renewal)"
+    if d.end_login:
+        return "the login leaves the session"
+    return ""
 
 
 def possible_backups(cache: Cache) -> list[Backup]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.handlers.wsgi import get_str_from_wsgi
 from django.http import parse_cookie
 from django.test import Client, override_settings
 from hypothesis import given, settings
@@ -99,7 +100,9 @@ def cookie_header(pairs: list[tuple[str, str | None]]) -> str:
 def key_alone(header: str, victim: Victim) -> bool:
     """Does this header carry the victim's real session key and no backup at all (as
     Django parses it)? Then the key is the credential, as on a healthy site."""
-    cookies = parse_cookie(header)
+    # As a request reads it: WSGI's latin-1 text decoded as UTF-8 (U+FFFD for what is
+    # not UTF-8), so a lone "\xa0" is a replacement character, not white space.
+    cookies = parse_cookie(get_str_from_wsgi({"HTTP_COOKIE": header}, "HTTP_COOKIE", ""))
     return cookies.get(SESSION) == victim.session and not cookies.get(BACKUP)
 
 

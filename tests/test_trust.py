@@ -7,15 +7,17 @@ it protects is checked here over all of them, not over examples.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from django_resilient_sessions import trust, trusttable
-from django_resilient_sessions.trust import Backup, Cache, Decision, Row, Serve, Store, Write
+from django_resilient_sessions.trust import Backup, Cache, Decision, Op, Row, Serve, Write
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "trust-model.md"
-ROWS = [row for row in Row if row is not Row.NOT_ASKED]
+# The ledger's answers to a read (a load never writes the row).
+ROWS = [row for row in Row if row not in (Row.NOT_ASKED, Row.UNWRITABLE)]
 
 
 def every_state() -> list[tuple[Cache, Backup, bool, Row, bool, Decision]]:
@@ -35,7 +37,7 @@ def add(
     fail_closed: bool,
 ) -> None:
     first = trust.decide(cache, backup, login, fail_closed=fail_closed)
-    if first.serve is not Serve.ASK_LEDGER:
+    if not first.ask:
         states.append((cache, backup, login, Row.NOT_ASKED, fail_closed, first))
         return
     for row in ROWS:
@@ -168,42 +170,110 @@ def test_classify_without_a_token_and_without_a_copy() -> None:
     assert trust.classify(Cache.ABSENT, token=True, current=False, opened=False) is Backup.INVALID
 
 
-@pytest.mark.parametrize(
-    ("must_create", "in_cache", "confirmed", "reachable", "expected"),
-    [
-        (True, False, True, True, Store.CREATE),
-        (False, True, True, True, Store.UPDATE),
-        (False, False, True, True, Store.RECREATE),
-        (False, True, True, False, Store.SKIP),
-        (True, False, False, True, Store.SKIP),  # a withheld login never reaches Redis
-        (False, False, False, True, Store.SKIP),
-    ],
-)
-def test_plan_save(
-    must_create: bool, in_cache: bool, confirmed: bool, reachable: bool, expected: Store
-) -> None:
-    plan = trust.plan_save(
-        must_create=must_create, in_cache=in_cache, confirmed=confirmed, reachable=reachable
+SAVE_STATES = [
+    (cache, login, withheld, changed, new_key, row)
+    for cache in Cache
+    for login, withheld in ((False, False), (True, False), (False, True))
+    for changed in (False, True)
+    for new_key in (False, True)
+    for row in Row
+]
+
+
+def save(
+    cache: Cache, login: bool, withheld: bool, changed: bool, new_key: bool, row: Row
+) -> Decision:
+    return trust.decide(
+        cache,
+        login=login,
+        row=row,
+        op=Op.SAVE,
+        changed=changed,
+        new_key=new_key,
+        withheld=withheld,
     )
-    assert plan is expected
 
 
-def test_plan_delete() -> None:
-    # A login (or an unknown one): the row must end, and a Redis copy must go or be queued.
-    for login in (True, None):
-        plan = trust.plan_delete(login=login, in_redis=True)
-        assert (plan.end_row, plan.queue, plan.must_queue) == (True, True, True)
-    anonymous = trust.plan_delete(login=False, in_redis=True)
-    assert (anonymous.end_row, anonymous.queue, anonymous.must_queue) == (False, True, False)
-    # Never stored in Redis (created during an outage): nothing to queue.
-    assert not trust.plan_delete(login=False, in_redis=False).queue
+def test_a_save_writes_redis_only_where_it_may() -> None:
+    """One write per save; never over a tombstone; a copy not read from Redis is only
+    recreated (never written over); a withheld login never reaches Redis."""
+    for cache, login, withheld, changed, new_key, row in SAVE_STATES:
+        d = save(cache, login, withheld, changed, new_key, row)
+        if cache in (Cache.TOMBSTONED, Cache.UNREACHABLE) or withheld:
+            assert d.write is Write.NONE
+        elif new_key:
+            assert d.write is Write.CREATE
+        elif cache is Cache.PRESENT:
+            assert d.write is Write.UPDATE
+        else:
+            assert d.write is Write.RECREATE
+        assert d.write is not Write.REPLACE  # only a load replaces the copy it read
+
+
+def test_a_save_only_the_backup_keeps_is_recorded_by_the_row_or_not_acknowledged() -> None:
+    """No rollback: with Redis unable to take a login's save, the row must record its
+    version first; if it cannot, a change is refused (503) and a renewal skipped."""
+    for cache, login, withheld, changed, new_key, row in SAVE_STATES:
+        d = save(cache, login, withheld, changed, new_key, row)
+        if cache is not Cache.UNREACHABLE or not login or withheld:
+            assert not d.ask
+            continue
+        if row is Row.NOT_ASKED:
+            assert d.ask
+        elif row in (Row.UNWRITABLE, Row.UNREADABLE):
+            assert (d.refuse, d.skip) == (changed, not changed)
+        else:
+            assert not (d.ask or d.refuse or d.skip)
+
+
+def test_a_save_never_resurrects() -> None:
+    for cache, login, withheld, changed, new_key, row in SAVE_STATES:
+        d = save(cache, login, withheld, changed, new_key, row)
+        if cache is Cache.TOMBSTONED:
+            # Ended meanwhile: Django's UpdateError for a change, nothing for a renewal.
+            assert (d.refuse, d.skip, d.write) == (changed, not changed, Write.NONE)
+        elif row in (Row.ENDED, Row.MISSING) and not withheld:
+            assert d.end_login  # a renewal that finds no active row ends the login
+
+
+def test_a_login_is_recorded_or_is_not_a_login() -> None:
+    assert trust.decide(Cache.ABSENT, op=Op.LOGIN).ask
+    assert not trust.decide(Cache.ABSENT, row=Row.ACTIVE, op=Op.LOGIN).refuse
+    for row in (Row.MISSING, Row.UNWRITABLE, Row.UNREADABLE, Row.ENDED):
+        assert trust.decide(Cache.ABSENT, row=row, op=Op.LOGIN).refuse
+
+
+def test_a_deletion_ends_the_row_first_or_fails_visibly() -> None:
+    for cache in (Cache.PRESENT, Cache.ABSENT):
+        for login in (True, None):  # a login, or one not known (not loaded): the same
+            d = trust.decide(cache, login=login, op=Op.DELETE)
+            assert (d.end_row, d.write) == (True, Write.TOMBSTONE)
+            assert d.queue == d.must_queue == (cache is Cache.PRESENT)
+            refused = trust.decide(cache, login=login, row=Row.UNWRITABLE, op=Op.DELETE)
+            assert refused.refuse and not refused.end_row and refused.write is Write.NONE
+        anonymous = trust.decide(cache, login=False, op=Op.DELETE)
+        assert not anonymous.end_row and not anonymous.must_queue
+        # Never stored in Redis (created during an outage): nothing to queue.
+        assert anonymous.queue == (cache is Cache.PRESENT)
 
 
 def test_every_decision_says_what_it_protects() -> None:
-    for *_, decision in STATES:
-        assert decision.reason in trusttable.PROTECTS, decision
+    decisions = [d for *_, d in STATES] + [save(*state) for state in SAVE_STATES]
+    decisions += [d for _, d in trusttable.login_table()]
+    decisions += [d for *_, d in trusttable.delete_table()]
+    for decision in decisions:
+        assert decision.ask or decision.reason in trusttable.PROTECTS, decision
 
 
-def test_docs_print_the_decision_table() -> None:
+@pytest.mark.parametrize(
+    "table",
+    [
+        trusttable.markdown_table,
+        trusttable.markdown_save_table,
+        trusttable.markdown_login_table,
+        trusttable.markdown_delete_table,
+    ],
+)
+def test_docs_print_the_decision_tables(table: Callable[[], str]) -> None:
     text = DOC.read_text()
-    assert trusttable.markdown_table() in text, "docs/trust-model.md: regenerate the table"
+    assert table() in text, "docs/trust-model.md: regenerate the tables (trusttable)"

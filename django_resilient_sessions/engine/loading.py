@@ -50,7 +50,7 @@ class Loading(StoreState):
         backup, state = self._backup_against(read)
         login = backup is not None and SESSION_KEY in backup.data
         decision = trust.decide(read.state, state, login, fail_closed=conf.FAIL_CLOSED)
-        if decision.serve is Serve.ASK_LEDGER:
+        if decision.ask:
             row = self._row(key_hash, backup)
             decision = trust.decide(read.state, state, login, row, fail_closed=conf.FAIL_CLOSED)
         return self._carry_out(decision, read, backup)

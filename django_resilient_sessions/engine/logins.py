@@ -12,6 +12,7 @@ from .. import (
     ledger,
     lifecycle,
     tracking,
+    trust,
 )
 from ..conf import (
     ROW_HASH_KEY,
@@ -19,6 +20,7 @@ from ..conf import (
 )
 from ..exceptions import LedgerUnavailable, SessionLimitExceeded
 from ..models import EndReason
+from ..trust import Cache, Op, Row
 from .loading import Loading
 
 logger = logging.getLogger("django_resilient_sessions")
@@ -57,6 +59,8 @@ class Logins(Loading):
         self._start(data, user_id, now, expires_at)
 
     def _start(self, data: dict[str, Any], user: Any, now: float, expires_at: float) -> None:
+        evicted: list[str] = []
+        failure: LedgerUnavailable | None = None
         try:
             recorded, evicted = ledger.start(
                 self.key_hash,
@@ -68,14 +72,19 @@ class Logins(Loading):
                 str(data.get(BACKEND_SESSION_KEY, "")),
                 str(data.get(HASH_SESSION_KEY, "")),
             )
-        except LedgerUnavailable:
+            row = Row.ACTIVE if recorded else Row.MISSING
+        except LedgerUnavailable as error:
+            row, failure = Row.UNWRITABLE, error
+        decision = trust.decide(Cache.ABSENT, row=row, op=Op.LOGIN)
+        if decision.refuse:
+            if row is Row.MISSING:
+                self._take_back_login(data)
+                logger.warning("Login refused: the user is at MAX_SESSIONS_PER_USER.")
+                raise SessionLimitExceeded()  # its message is the user's, translated
             if self._user != str(user):
                 self._take_back_login(data)  # a new login: not a login without its row
-            raise  # (the same user again: nothing changed, still logged in)
-        if not recorded:
-            self._take_back_login(data)
-            logger.warning("Login refused: the user is at MAX_SESSIONS_PER_USER.")
-            raise SessionLimitExceeded()  # its message is the user's, translated
+            # (the same user again: nothing changed, still logged in)
+            raise failure or LedgerUnavailable("the login cannot be recorded")
         lifecycle.stamp(data, now, expires_at, login=True)
         self._user = str(user)
         self._withheld = {}
@@ -87,13 +96,20 @@ class Logins(Loading):
         self.modified = True
 
     def _ledger_before_write(
-        self, data: dict[str, Any], version: int, now: float, expires_at: float, skip: bool
-    ) -> bool:
-        """Keep the ledger in step with a save; ``True`` when it recorded ``version``."""
+        self, data: dict[str, Any], version: int, now: float, expires_at: float, must: bool
+    ) -> Row:
+        """Keep the ledger in step with a save: the row's answer (see :func:`.trust.decide`).
+
+        ``ACTIVE``: the row recorded ``version``; ``ENDED``: the row is over
+        (the save ends the login); ``UNWRITABLE``: it could not be written;
+        ``NOT_ASKED``: nothing was due.  ``must``: Redis cannot take this
+        save, so the row must record its version.  A login set or replaced
+        without ``login()`` is recorded (or ended) here, or the save fails.
+        """
         user = data.get(SESSION_KEY)
         if user is not None and data.get(UNTRACKED_KEY):
             self._user = str(user)
-            return False  # a login the ledger does not track (another user model)
+            return Row.NOT_ASKED  # a login the ledger does not track (another user model)
         if user != self._user:
             if self._user is not None:
                 # The login was removed or replaced without logout(): end it first.
@@ -102,15 +118,16 @@ class Logins(Loading):
                 self._user = None
             if user is not None:
                 self._start(data, user, now, expires_at)
-            return True
+                return Row.ACTIVE
+            return Row.NOT_ASKED
         if user is None:
-            return False
+            return Row.NOT_ASKED
         due = lifecycle.renewal_due(data, now, expires_at)
         rehash = lifecycle.hash_changed(data)
         if version <= self._served and not (due or rehash):
-            return True  # the row already has this version (recorded at login)
-        if not (due or skip or rehash):
-            return False
+            return Row.ACTIVE  # the row already has this version (recorded at login)
+        if not (due or must or rehash):
+            return Row.NOT_ASKED
         try:
             alive = ledger.touch(
                 self.key_hash,
@@ -120,19 +137,14 @@ class Logins(Loading):
                 auth_hash=str(data[HASH_SESSION_KEY]) if rehash else None,
             )
         except LedgerUnavailable:
-            if skip:
-                raise  # the backup would be this login's only copy, unprotected: refused
-            return False  # activity is not essential; the next save tries again
+            return Row.UNWRITABLE  # activity can wait; a backup-only save cannot (decide)
         if not alive:
-            # Ended, expired or never recorded: a renewal that finds no row ends the login.
-            security_logger.warning("Session login ended: its ledger row is no longer active.")
-            lifecycle.strip_login(data)
-            self._user = None
-        elif due:
+            return Row.ENDED
+        if due:
             lifecycle.stamp(data, now, expires_at)
         elif rehash:
             data[ROW_HASH_KEY] = lifecycle.fingerprint(str(data[HASH_SESSION_KEY]))
         self._served = max(self._served, version)
-        return True
+        return Row.ACTIVE
 
     # Saving ----------------------------------------------------------------

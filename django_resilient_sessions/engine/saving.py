@@ -17,16 +17,19 @@ from .. import (
     cookies,
     health,
     ledger,
+    lifecycle,
     signals,
     trust,
 )
 from ..cachecopy import Entry
+from ..conf import UNTRACKED_KEY
 from ..exceptions import CacheUnavailable, LedgerUnavailable
-from ..trust import Cache, Store
+from ..trust import Cache, Op, Row, Write
 from .logins import Logins
 from .state import Ended, send, tag_of
 
 logger = logging.getLogger("django_resilient_sessions")
+security_logger = logging.getLogger("django.security.SuspiciousSession")
 
 
 class Saving(Logins):
@@ -60,52 +63,64 @@ class Saving(Logins):
         now = time.time()
         age = self.get_expiry_age()
         expires_at = int(now) + age
-        confirmed = not self._withheld or SESSION_KEY in data
-        store = trust.plan_save(
-            must_create=must_create,
-            in_cache=self._in_cache,
-            confirmed=confirmed,
-            reachable=self._cache.reachable(key_hash),
-        )
-        try:
-            recorded = record and self._ledger_before_write(
-                data, version, now, expires_at, skip=store is Store.SKIP
+        withheld = bool(self._withheld) and SESSION_KEY not in data
+        if not self._cache.reachable(key_hash):
+            cache = Cache.UNREACHABLE
+        else:
+            cache = Cache.PRESENT if self._in_cache else Cache.ABSENT
+
+        def plan(cache: Cache, row: Row) -> trust.Decision:
+            return trust.decide(
+                cache,
+                login=SESSION_KEY in data,
+                row=row,
+                op=Op.SAVE,
+                changed=self.modified,
+                new_key=must_create,
+                withheld=withheld,
             )
-        except LedgerUnavailable:
-            return self._unprotected()
-        withheld = self._withheld if SESSION_KEY not in data else {}
-        backup = data | withheld
+
+        decision = plan(cache, Row.NOT_ASKED)
+        recorded = False
+        if record:
+            row = self._ledger_before_write(data, version, now, expires_at, must=decision.ask)
+            decision = plan(cache, row)
+            if not self._carry_out_save(decision, data):
+                return
+            recorded = row is Row.ACTIVE
+        backup_only = decision.write is Write.NONE
+        withheld_login = self._withheld if SESSION_KEY not in data else {}
+        backup = data | withheld_login
         # Serialized once for both copies (they differ only by a withheld login).
         serialized = self._serialize(data)
-        packed = self._serialize(backup) if withheld else serialized
+        packed = self._serialize(backup) if withheld_login else serialized
         # Lineage: a backup descends from its own version when Redis may hold
         # that version (written, or a write whose reply was lost: a hung Redis
         # applies it when it resumes), else from the Redis copy in hand.
-        base = self._base if store is Store.SKIP else version
+        base = self._base if backup_only else version
         sealed = self._seal(backup, version, base, packed)
         stored = maybe = False
-        if store is not Store.SKIP:
+        if not backup_only:
             entry = Entry(version, data, tag_of(sealed))
             try:
-                stored = self._store(store, key_hash, entry, age, serialized)
+                stored = self._store(decision.write, key_hash, entry, age, serialized)
             except CacheUnavailable as error:
                 self.degraded = True
                 maybe = error.attempted
                 health.count("degraded_saves")
             except Ended:
-                # A renewal of a session ended meanwhile: nothing to renew (no error).
-                self.interrupted = True
-                self.sealed = None
-                return
+                if not self._carry_out_save(plan(Cache.TOMBSTONED, Row.NOT_ASKED), data):
+                    return
             if not (stored or maybe):
                 sealed = self._seal(backup, version, self._base, packed)
-        if not stored and record and not recorded and SESSION_KEY in data:
-            # The backup is the newest copy of this login: no older one may win.
-            try:
-                ledger.touch(key_hash, data[SESSION_KEY], version=version)
-            except LedgerUnavailable:
-                return self._unprotected()
-            self._served = max(self._served, version)
+        if not stored and record and not recorded and self._tracked_login(data):
+            # Redis could not take it: the backup is the newest copy of this
+            # login, and its row must say so, or an older backup could win.
+            decision = plan(Cache.UNREACHABLE, self._record_version(key_hash, data, version))
+            if not self._carry_out_save(decision, data):
+                return
+            if decision.end_login:
+                sealed = self._seal(data, version, self._base)
         self._version = version
         self._in_cache = stored
         if stored or maybe:
@@ -113,47 +128,66 @@ class Saving(Logins):
         self._parent = tag_of(sealed)
         self._record(sealed, key_hash)
 
-    def _store(self, store: Store, key_hash: str, entry: Entry, age: int, payload: bytes) -> bool:
-        """Write the Redis copy as planned; ``True`` when Redis holds it afterwards."""
+    def _carry_out_save(self, decision: trust.Decision, data: dict[str, Any]) -> bool:
+        """Act on a save decision; ``False`` when the save stops here."""
+        if decision.end_login:
+            # Ended, expired or never recorded: a renewal that finds no row ends the login.
+            security_logger.warning("Session login ended: its ledger row is no longer active.")
+            lifecycle.strip_login(data)
+            self._user = None
+        if decision.refuse:
+            self.sealed = None
+            if decision.reason == trust.ENDED_MEANWHILE:
+                raise UpdateError  # deleted elsewhere (logout in another tab, revoked)
+            logger.warning("The ledger cannot record this login's newest backup: save refused.")
+            raise LedgerUnavailable("the newest backup of this login cannot be recorded")
+        if decision.skip:
+            # A mere renewal of the backup, not acknowledged: nothing to renew.
+            self.interrupted = True
+            self.sealed = None
+            return False
+        return True
+
+    @staticmethod
+    def _tracked_login(data: dict[str, Any]) -> bool:
+        return SESSION_KEY in data and not data.get(UNTRACKED_KEY)
+
+    def _record_version(self, key_hash: str, data: dict[str, Any], version: int) -> Row:
+        """The row records ``version`` as the newest backup of this login: its answer."""
+        try:
+            alive = ledger.touch(key_hash, data[SESSION_KEY], version=version)
+        except LedgerUnavailable:
+            return Row.UNWRITABLE
+        if alive:
+            self._served = max(self._served, version)
+        return Row.ACTIVE if alive else Row.ENDED
+
+    def _store(self, write: Write, key_hash: str, entry: Entry, age: int, payload: bytes) -> bool:
+        """Write the Redis copy as decided; ``True`` when Redis holds it afterwards.
+
+        Raises :class:`Ended` when the write met the session's tombstone.
+        """
         if age <= 0:
             self._cache.drop(key_hash)  # expired on arrival, as Django's cache engine does
             return True
-        if store is Store.CREATE:
+        if write is Write.CREATE:
             if not self._cache.create(key_hash, entry, age, payload):
                 raise CreateError
             return True
-        if store is Store.UPDATE:
+        if write is Write.UPDATE:
             updated = self._cache.update(key_hash, entry, age, payload)
             if updated:
                 return True
             if updated is None:
-                return self._ended_meanwhile()
+                raise Ended
         # Not read from Redis, or its copy is gone (expired, evicted, flushed):
         # put it back unless the session ended; a copy written meanwhile wins.
         other = self._cache.write_back(key_hash, entry, age, "", payload)
         if other is None:
             return True
         if other.state is Cache.TOMBSTONED:
-            return self._ended_meanwhile()
+            raise Ended
         return False
-
-    def _ended_meanwhile(self) -> bool:
-        if self.modified:
-            raise UpdateError  # deleted elsewhere (logout in another tab, revoked)
-        raise Ended
-
-    def _unprotected(self) -> None:
-        """A login's save only a backup would keep, whose version the ledger cannot record.
-
-        An older backup could then win over it (no rollback protection), so it is not
-        acknowledged: a change is refused (``LedgerUnavailable``, HTTP 503, nothing
-        changed), a mere renewal of the backup is skipped.
-        """
-        logger.warning("The ledger cannot record this login's newest backup: save refused.")
-        self.sealed = None
-        if self.modified:
-            raise LedgerUnavailable("the newest backup of this login cannot be recorded")
-        self.interrupted = True
 
     def _seal(
         self, data: dict[str, Any], version: int, base: int, payload: bytes | None = None
