@@ -12,7 +12,6 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, pgettext, pgettext_lazy
 
@@ -67,7 +66,7 @@ class UserSessionAdmin(ModelAdmin):
             # Translators: the status of a session, with why it ended, e.g. "ended (revoked)".
             ended = pgettext("session status", "ended (%(reason)s)")
             return ended % {"reason": obj.get_end_reason_display()}
-        if obj.expires_at > timezone.now():
+        if obj.is_active:  # the one definition of "active", grace included
             return pgettext("session status", "active")
         return pgettext("session status", "expired")
 

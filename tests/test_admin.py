@@ -145,6 +145,25 @@ def in_redis(server: RedisServer, key_hash: str) -> bool:
 # Changelist ---------------------------------------------------------------------------------
 
 
+def test_status_column_and_filter_agree_on_a_row_within_its_grace(
+    admin_client: Client, devices: dict[str, Device]
+) -> None:
+    """Just past ``expires_at`` but within the grace, a row is active everywhere (the backup
+    check, ``active()``, the filter, the column): one definition of "active"."""
+    phone = devices["alice_phone"].row
+    UserSession.objects.filter(pk=phone.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    active = shown(admin_client.get(CHANGELIST + "?status=active"))
+    assert phone.pk in active
+    assert UserSession.objects.active().filter(pk=phone.pk).exists()
+    response = admin_client.get(CHANGELIST + "?status=active&q=alice")
+    html = response.content.decode()
+    assert 'class="field-status">expired<' not in html
+    assert html.count('class="field-status">active<') == len(shown(response))
+
+
+
 def test_changelist_columns_and_status(admin_client: Client, devices: dict[str, Device]) -> None:
     response = admin_client.get(CHANGELIST)
     assert shown(response) == pks(devices, *devices) | admin_rows()
