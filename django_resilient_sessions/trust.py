@@ -129,6 +129,9 @@ class Decision:
     refuse: bool = False
     #: A save that is a mere renewal, refused: nothing is saved, nothing said.
     skip: bool = False
+    #: A save whose row could not follow the session's expiry: the Redis copy
+    #: must not outlive the row (its TTL is capped at the row's expiry + grace).
+    cap_ttl: bool = False
     #: A deletion: end the row first (durably, or the deletion fails visibly).
     end_row: bool = False
     #: A deletion Redis cannot take now is queued; for a login, a queue that
@@ -328,8 +331,11 @@ def _save(
         write = Write.NONE if cache is Cache.UNREACHABLE else _write_for(cache, new_key)
         return replace(_DONE, write=write, end_login=True, reason=ROW_OVER)
     if cache is not Cache.UNREACHABLE:
-        reason = ACTIVITY_LATER if row is Row.UNWRITABLE else WRITABLE
-        return replace(_DONE, write=_write_for(cache, new_key), reason=reason)
+        if row is Row.UNWRITABLE and login:
+            return replace(
+                _DONE, write=_write_for(cache, new_key), cap_ttl=True, reason=ACTIVITY_LATER
+            )
+        return replace(_DONE, write=_write_for(cache, new_key), reason=WRITABLE)
     if not login:
         return replace(_DONE, reason=BACKUP_ONLY)
     if row is Row.NOT_ASKED:

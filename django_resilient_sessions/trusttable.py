@@ -58,7 +58,7 @@ PROTECTS = {
     trust.ENDED: "never resurrect: the tombstone says it ended",
     # Saves
     trust.WRITABLE: "one round trip; a copy not read from Redis never overwrites one",
-    trust.ACTIVITY_LATER: "availability: the activity stamp waits for the next save",
+    trust.ACTIVITY_LATER: "the Redis copy never outlives its row by more than the grace",
     trust.BACKUP_ONLY: "lose nothing (anonymous data: the documented exception to no rollback)",
     trust.RECORDED: "no rollback: the row knows the newest backup of this login",
     trust.UNPROTECTED: "no rollback: a change no row can vouch for is not acknowledged",
@@ -220,6 +220,8 @@ def _outcome(d: trust.Decision) -> str:
         return "nothing (a renewal)"
     if d.end_login:
         return "the login leaves the session"
+    if d.cap_ttl:
+        return "Redis TTL capped at the row's expiry + grace"
     return ""
 
 

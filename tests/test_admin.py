@@ -151,9 +151,7 @@ def test_status_column_and_filter_agree_on_a_row_within_its_grace(
     """Just past ``expires_at`` but within the grace, a row is active everywhere (the backup
     check, ``active()``, the filter, the column): one definition of "active"."""
     phone = devices["alice_phone"].row
-    UserSession.objects.filter(pk=phone.pk).update(
-        expires_at=timezone.now() - timedelta(seconds=1)
-    )
+    UserSession.objects.filter(pk=phone.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     active = shown(admin_client.get(CHANGELIST + "?status=active"))
     assert phone.pk in active
     assert UserSession.objects.active().filter(pk=phone.pk).exists()
@@ -161,7 +159,6 @@ def test_status_column_and_filter_agree_on_a_row_within_its_grace(
     html = response.content.decode()
     assert 'class="field-status">expired<' not in html
     assert html.count('class="field-status">active<') == len(shown(response))
-
 
 
 def test_changelist_columns_and_status(admin_client: Client, devices: dict[str, Device]) -> None:

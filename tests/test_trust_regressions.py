@@ -39,6 +39,7 @@ from django_resilient_sessions import outbox, signals
 from django_resilient_sessions.backends.resilient import SessionStore
 from django_resilient_sessions.breaker import get_breaker
 from django_resilient_sessions.models import PendingPurge, UserSession
+from tests.faults import LedgerFaults
 from tests.redis_server import RedisServer
 from tests.web import (
     BACKUP_COOKIE,
@@ -212,6 +213,28 @@ def test_set_expiry_moves_the_row_expiry_with_the_redis_ttl(redis_server: RedisS
     with redis_server.client() as raw:
         ttl = raw.pttl(next(iter(raw.scan_iter(match="*resilient_sessions:*")))) / 1000
     assert abs(after.timestamp() - (time.time() + ttl)) < UserSession.grace().total_seconds()
+
+
+def test_the_redis_copy_never_outlives_its_row_when_the_row_cannot_follow(
+    redis_server: RedisServer,
+) -> None:
+    """set_expiry() moves the session's expiry far ahead, but the row's UPDATE fails
+    (database read-only): the save still goes to Redis, with its TTL capped at the row's
+    expiry plus the grace, so the copy cannot outlive a row clearsessions will end."""
+    make_user()
+    client = Client()
+    login(client)
+    row_expiry = row_of(client).expires_at
+    with LedgerFaults() as ledger:
+        ledger.fail_when(lambda sql, params: sql.lstrip().upper().startswith("UPDATE"), "readonly")
+        answer = client.post("/expiry/", {"seconds": str(settings.SESSION_COOKIE_AGE * 3)})
+    assert answer.status_code == 200
+    assert row_of(client).expires_at == row_expiry  # the row could not follow
+    with redis_server.client() as raw:
+        ttl = raw.pttl(next(iter(raw.scan_iter(match="*resilient_sessions:*")))) / 1000
+    limit = row_expiry.timestamp() + UserSession.grace().total_seconds()
+    assert time.time() + ttl <= limit + 1  # (whole seconds)
+    assert user_of(client) == "alice"  # still logged in: activity can wait
 
 
 @pytest.mark.parametrize("past", [timedelta(days=1), timedelta(days=400)], ids=["ended", "deleted"])

@@ -22,7 +22,7 @@ from .. import (
     trust,
 )
 from ..cachecopy import Entry
-from ..conf import UNTRACKED_KEY
+from ..conf import ROW_EXPIRY_KEY, UNTRACKED_KEY, conf
 from ..exceptions import CacheUnavailable, LedgerUnavailable
 from ..trust import Cache, Op, Row, Write
 from .logins import Logins
@@ -89,6 +89,10 @@ class Saving(Logins):
                 return
             recorded = row is Row.ACTIVE
         backup_only = decision.write is Write.NONE
+        if decision.cap_ttl:
+            # The row could not follow the session's expiry: Redis must not outlive it.
+            row_end = int(data.get(ROW_EXPIRY_KEY, now)) + conf.ACTIVITY_UPDATE_INTERVAL
+            age = min(age, row_end - int(now))
         withheld_login = self._withheld if SESSION_KEY not in data else {}
         backup = data | withheld_login
         # Serialized once for both copies (they differ only by a withheld login).
