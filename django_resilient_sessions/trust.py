@@ -1,7 +1,7 @@
 """The trust decision: which copy of a session serves a request, and what follows.
 
 This module is pure: no I/O, no settings, no clock.  The engine
-(:mod:`.engine`, assembled in :mod:`.backends.resilient`) gathers the states
+(the ``engine`` layers, assembled in :mod:`.backends.resilient`) gathers the states
 below, asks :func:`decide`, and carries out the answer, for each operation
 (:class:`Op`): a load (which copy serves, whether a backup's login is trusted,
 what is written back), a save (how the copies are written, and when the ledger
