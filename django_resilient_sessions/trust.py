@@ -83,6 +83,7 @@ class Serve(Enum):
     LEDGER_LOGIN = "the login alone, from its row"
     NOTHING = "nothing"
     ASK_LEDGER = "ask the ledger"
+    ADOPT = "adopt it from the previous engine, if it knows the key"
 
 
 class Write(Enum):
@@ -150,6 +151,7 @@ ROLLBACK = "older than a backup already served"
 LEDGER_LOGIN = "no copy: the row vouches for the login"
 UNREADABLE_NOTHING = "no copy, ledger unreadable"
 TRUSTED_UNCHECKED = "ledger unreadable: login trusted (FAIL_CLOSED off)"
+ADOPT = "no copy, no row: the previous engine may know the key"
 
 
 def decide(
@@ -159,10 +161,15 @@ def decide(
     row: Row = Row.NOT_ASKED,
     *,
     fail_closed: bool = True,
+    adoptable: bool = False,
 ) -> Decision:
     """What to serve for these states; :attr:`Serve.ASK_LEDGER` asks for ``row``.
 
     ``login`` says whether the backup holds an authenticated user.
+    ``adoptable``: ``PREVIOUS_ENGINE`` is set.  A key this engine has never seen
+    (no copy, no tombstone, no backup, no row) is then looked up there
+    (:attr:`Serve.ADOPT`, the one exception to "an unknown key is never
+    adopted"); if that engine does not know it either, the answer is ``NOTHING``.
     """
     if cache is Cache.TOMBSTONED:
         return Decision(Serve.NOTHING, reject=backup is not Backup.NONE, reason=ENDED)
@@ -184,8 +191,12 @@ def decide(
             return _ASK
         if row is Row.ACTIVE:
             return Decision(Serve.LEDGER_LOGIN, write=write, reason=LEDGER_LOGIN)
+        if row is Row.MISSING and adoptable:
+            return Decision(Serve.ADOPT, keep_cookies=cache is Cache.UNREACHABLE, reason=ADOPT)
         reason = {Row.ENDED: ROW_ENDED, Row.UNREADABLE: UNREADABLE_NOTHING}.get(row, "no copy")
-        return Decision(Serve.NOTHING, keep_cookies=cache is Cache.UNREACHABLE, reason=reason)
+        # (With adoption on, an unreadable ledger may hide a key to adopt: keep it too.)
+        keep = cache is Cache.UNREACHABLE or (adoptable and row is Row.UNREADABLE)
+        return Decision(Serve.NOTHING, keep_cookies=keep, reason=reason)
     if backup is Backup.INVALID:
         return Decision(
             Serve.NOTHING, reject=True, keep_cookies=cache is Cache.UNREACHABLE, reason="no copy"

@@ -54,6 +54,7 @@ PROTECTS = {
     ),
     trust.UNREADABLE_NOTHING: "fail closed: no login the ledger cannot vouch for",
     trust.ENDED: "never resurrect: the tombstone says it ended",
+    trust.ADOPT: "no fixation: adopted only if PREVIOUS_ENGINE knows the key, and only once",
 }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
 from .. import (
+    adoption,
     codec,
     cookies,
     health,
@@ -52,7 +54,17 @@ class Loading(StoreState):
         decision = trust.decide(read.state, state, login, fail_closed=conf.FAIL_CLOSED)
         if decision.serve is Serve.ASK_LEDGER:
             row = self._row(key_hash, backup)
-            decision = trust.decide(read.state, state, login, row, fail_closed=conf.FAIL_CLOSED)
+            adoptable = adoption.enabled() and not self._adoption_done
+            decision = trust.decide(
+                read.state, state, login, row, fail_closed=conf.FAIL_CLOSED, adoptable=adoptable
+            )
+        if decision.serve is Serve.ADOPT:
+            self._adoption_done = True
+            adopted = adoption.adopt(self, read)
+            if adopted is not None:
+                return adopted
+            # Not adopted: nothing served, the cookie kept if the store could not tell.
+            decision = replace(decision, keep_cookies=decision.keep_cookies or self.keep_cookie)
         return self._carry_out(decision, read, backup)
 
     def _backup_against(self, read: CacheRead) -> tuple[codec.Backup | None, trust.Backup]:
