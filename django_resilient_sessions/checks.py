@@ -16,7 +16,7 @@ ID                                          problem
 ``django_resilient_sessions.E011``          the ledger is routed to another database than the users
 ``django_resilient_sessions.E012``          a cluster cache whose key prefix breaks the hash tags
 ``django_resilient_sessions.E013``          ``PREVIOUS_ENGINE`` is not a usable other session engine
-``django_resilient_sessions.E014``          ``EXPORT_TO`` is not an engine sessions can be mirrored into
+``django_resilient_sessions.E014``          ``EXPORT_TO`` is not an engine to mirror sessions into
 ``django_resilient_sessions.E015``          ``PREVIOUS_ENGINE`` and ``EXPORT_TO`` are both set
 ``django_resilient_sessions.W001``          no socket timeouts on the session cache
 ``django_resilient_sessions.W002``          our middleware without our engine
