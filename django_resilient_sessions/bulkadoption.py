@@ -74,28 +74,28 @@ class Counts:
 Batch = tuple[list[Item], int]  # live sessions, and how many others (expired, empty) were passed
 
 
-def batches(batch_size: int) -> tuple[Iterator[Batch], int | None]:
-    """The previous store's sessions in batches, and its size if known."""
-    store = previous.store()
+def batches(batch_size: int, store: Any = None) -> tuple[Iterator[Batch], int | None]:
+    """The previous store's (or ``store``'s) sessions in batches, and its size if known."""
+    store = previous.store() if store is None else store
     kind = engines.kind_of(type(store))
     if kind == engines.DB:
-        return _table(store, batch_size), store.model.objects.count()  # type: ignore[attr-defined]
+        return _table(store, batch_size), store.model.objects.count()
     if kind == engines.CACHE:
         from .redisclient import RedisAccess
 
         try:
-            client = RedisAccess("previous", store._cache).client()  # type: ignore[attr-defined]
+            client = RedisAccess("previous", store._cache).client()
         except ImproperlyConfigured as error:
             raise NotSupported(f"The previous engine's cache is not Redis: {error}") from error
         return _cache_keys(store, client, batch_size), None
     if kind == engines.SIGNED:
         raise NotSupported(
-            "The previous engine keeps each session in its cookie: there is no store to "
+            f"{type(store).__module__} keeps each session in its cookie: there is no store to "
             "list. Nothing to do in bulk: lazy adoption takes each session over at its "
             "first request (keep PREVIOUS_ENGINE set for SESSION_COOKIE_AGE)."
         )
     raise NotSupported(
-        f"{previous.engine()!r} cannot be listed in bulk (Django's db, cached_db and cache "
+        f"{type(store).__module__} cannot be listed in bulk (Django's db, cached_db and cache "
         "engines can): lazy adoption takes its sessions over one request at a time."
     )
 
@@ -293,16 +293,16 @@ def _row(key_hash: str, user: Any, item: Item) -> UserSession:
     )
 
 
-def _forget(keys: list[str]) -> None:
-    """Delete adopted sessions from the previous store, the whole batch at once."""
+def _forget(keys: list[str], store: Any = None) -> None:
+    """Delete adopted sessions from the previous store (or ``store``), a batch at once."""
     if not keys:
         return
-    store = previous.store()
+    store = previous.store() if store is None else store
     if engines.kind_of(type(store)) == engines.DB:
-        store.model.objects.filter(session_key__in=keys).delete()  # type: ignore[attr-defined]
+        store.model.objects.filter(session_key__in=keys).delete()
     cached = getattr(store, "_cache", None)
     if cached is not None:
-        prefix = store.cache_key_prefix  # type: ignore[attr-defined]
+        prefix = store.cache_key_prefix
         cached.delete_many([prefix + key for key in keys])
 
 

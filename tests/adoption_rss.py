@@ -59,7 +59,11 @@ def main() -> None:
     seconds = time.perf_counter() - start
     peak = status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     summary = out.getvalue().strip().splitlines()[-1]
-    print(json.dumps({"baseline_kb": baseline, "peak_kb": peak, "seconds": seconds, "summary": summary}))
+    print(
+        json.dumps(
+            {"baseline_kb": baseline, "peak_kb": peak, "seconds": seconds, "summary": summary}
+        )
+    )
 
 
 if __name__ == "__main__":

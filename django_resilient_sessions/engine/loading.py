@@ -13,6 +13,7 @@ from .. import (
     adoption,
     codec,
     cookies,
+    export,
     health,
     ledger,
     lifecycle,
@@ -178,7 +179,9 @@ class Loading(StoreState):
         self._user = data.get(SESSION_KEY)
         self.source = source
         self._in_cache = in_cache
-        self.needs_backup = self.needs_backup or lifecycle.renewal_due(data, now)
+        self.needs_backup = (
+            self.needs_backup or lifecycle.renewal_due(data, now) or export.due(data)
+        )
         return data
 
     def _use_ledger_login(

@@ -15,6 +15,7 @@ from django.contrib.sessions.backends.base import (
 from .. import (
     codec,
     cookies,
+    export,
     health,
     ledger,
     signals,
@@ -73,6 +74,8 @@ class Saving(Logins):
             )
         except LedgerUnavailable:
             return self._unprotected()
+        if export.enabled() and self.session_key:
+            export.mirror(self.session_key, data, new=must_create)  # (marks data)
         withheld = self._withheld if SESSION_KEY not in data else {}
         backup = data | withheld
         # Serialized once for both copies (they differ only by a withheld login).
@@ -96,7 +99,11 @@ class Saving(Logins):
                 # A renewal of a session ended meanwhile: nothing to renew (no error).
                 self.interrupted = True
                 self.sealed = None
+                export.forget(self.session_key)  # nor a copy to keep in EXPORT_TO
                 return
+            except UpdateError:
+                export.forget(self.session_key)  # ended meanwhile (see _ended_meanwhile)
+                raise
             if not (stored or maybe):
                 sealed = self._seal(backup, version, self._base, packed)
         if not stored and record and not recorded and SESSION_KEY in data:
