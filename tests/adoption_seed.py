@@ -50,9 +50,9 @@ def new_key() -> str:
     return get_random_string(32, VALID_KEY_CHARS)
 
 
-def seed_table(count: int, users: list[User], *, expired: int = 0) -> list[str]:
+def seed_table(count: int, users: list[User], *, expired: int = 0, keep: int = 100) -> list[str]:
     """``count`` live sessions (and ``expired`` expired ones) in ``django_session``: the keys
-    of the first 100 live ones, for HTTP samples."""
+    of the first ``keep`` live ones, for HTTP samples."""
     encoder = DBStore()
     now = timezone.now()
     sample: list[str] = []
@@ -61,7 +61,7 @@ def seed_table(count: int, users: list[User], *, expired: int = 0) -> list[str]:
         for i in range(start, min(start + CHUNK, count + expired)):
             live = i < count
             key = new_key()
-            if live and len(sample) < 100:
+            if live and len(sample) < keep:
                 sample.append(key)
             expire = now + timedelta(days=1) if live else now - timedelta(minutes=1)
             rows.append(Session(key, encoder.encode(session_data(i, users)), expire))

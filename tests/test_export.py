@@ -86,7 +86,7 @@ def test_logout_and_revocation_do_not_survive_the_way_back() -> None:
         assert Session.objects.count() == 1, "a logout deletes the mirrored copy"
         UserSession.objects.filter(user__username="bob").revoke()
         assert Session.objects.count() == 1, "a revocation has no key: the copy stays..."
-        status, text = export(DB)
+        _status, text = export(DB)
         assert "Ended logins removed from " + DB + ": 1." in text, text
         assert not Session.objects.exists(), "...until exportsessions removes it"
     with previous_site(DB):
