@@ -171,7 +171,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
 
 @register()
 def check_other_engines(**kwargs: Any) -> list[CheckMessage]:
-    """``PREVIOUS_ENGINE`` and ``EXPORT_TO`` name usable engines (see :mod:`.engines`)."""
+    """``PREVIOUS_ENGINE`` and ``EXPORT_TO`` name usable engines (see ``engines.py``)."""
     options = getattr(settings, "RESILIENT_SESSIONS", {})
     if not isinstance(options, dict):
         return []  # E001

@@ -67,7 +67,7 @@ SEEN_AT_KEY = "_resilient_seen_at"
 ROW_EXPIRY_KEY = "_resilient_row_expiry"
 ROW_HASH_KEY = "_resilient_row_hash"
 UNTRACKED_KEY = "_resilient_untracked"
-#: The engine (``EXPORT_TO``) a session was last mirrored into (see :mod:`.export`).
+#: The engine (``EXPORT_TO``) a session was last mirrored into (see ``export.py``).
 EXPORTED_KEY = "_resilient_exported"
 AUTH_KEYS = (
     "_auth_user_id",
