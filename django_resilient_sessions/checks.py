@@ -180,12 +180,13 @@ def check_other_engines(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     previous, export = options.get("PREVIOUS_ENGINE"), options.get("EXPORT_TO")
     for name, value, export_, id_ in (
-        ("PREVIOUS_ENGINE", previous, False, "E013"),
-        ("EXPORT_TO", export, True, "E014"),
+        ("PREVIOUS_ENGINE", previous, False, ID + "E013"),
+        ("EXPORT_TO", export, True, ID + "E014"),
     ):
-        found = engines.problem(value, export=export_) if value is not None else None
+        usable = isinstance(value, str) and bool(value)  # other values: E003
+        found = engines.problem(value, export=export_) if usable else None
         if found is not None:
-            errors.append(Error(f"RESILIENT_SESSIONS[{name!r}] is {value!r}: {found}", id=ID + id_))
+            errors.append(Error(f"RESILIENT_SESSIONS[{name!r}] is {value!r}: {found}", id=id_))
     if previous and export:
         errors.append(
             Error(
