@@ -89,6 +89,35 @@ def resolve_user(data: dict[str, Any]) -> Any:
         raise LedgerUnavailable(f"the user of an adopted session: {error}") from error
 
 
+def storable(data: dict[str, Any], serializer: Any) -> dict[str, Any]:
+    """``data`` without the values ``SESSION_SERIALIZER`` cannot take.
+
+    Django's ``cache`` engine pickles, so its sessions may hold values (a
+    ``datetime``, a ``set``) that this engine's copies, serialized with
+    ``SESSION_SERIALIZER`` (JSON by default), cannot: those keys are dropped,
+    with a warning naming them, rather than the whole session.
+    """
+    try:
+        serializer().dumps(data)
+        return data
+    # Whatever the serializer raises (TypeError, ValueError...): find the culprits.
+    except Exception:
+        kept, dropped = {}, []
+        for key, value in data.items():
+            try:
+                serializer().dumps({key: value})
+            # As above: this value cannot be kept.
+            except Exception:
+                dropped.append(key)
+            else:
+                kept[key] = value
+    logger.warning(
+        "Adopted session values SESSION_SERIALIZER cannot store were dropped: %s",
+        ", ".join(repr(k) for k in dropped),
+    )
+    return kept
+
+
 def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
     """Take over the previous engine's session under the store's key, if it has one.
 
@@ -111,7 +140,7 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
         return _load_again(store) if adopted else None
     signed = engines.kind_of(engines.store_class(previous.engine())) == engines.SIGNED
     new_key = store._get_new_session_key() if signed else old_key
-    data = dict(found.data)
+    data = storable(dict(found.data), store.serializer)
     try:
         user = resolve_user(data)
         recorded, written = _commit(store, old_hash, hash_key(new_key), data, user, read)

@@ -36,7 +36,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import engines, ledger, lifecycle, previous, tracking
-from .adoption import ADOPTED_TAG, VERSION, resolve_user
+from .adoption import ADOPTED_TAG, VERSION, resolve_user, storable
 from .cachecopy import Entry, SessionCache, hash_key
 from .conf import UNTRACKED_KEY, conf
 from .dbaccess import db, when
@@ -228,6 +228,8 @@ def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
 def _commit(items: list[Item], users: dict[str, Any]) -> None:
     """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it."""
     cache = SessionCache()
+    for item in items:
+        item.data = storable(item.data, cache.serializer)
     now = time.time()
     evicted: list[str] = []
     rows: list[UserSession] = []

@@ -273,3 +273,17 @@ def test_every_ledger_statement_of_an_adoption_failing(nth: int, redis_server: R
         assert AdoptedSession.objects.count() == 1
         assert UserSession.objects.active().count() == 1
         assert not Session.objects.exists()
+
+
+def test_values_json_cannot_take_are_dropped_not_the_session() -> None:
+    """Django's cache engine pickles: a datetime in such a session is left out, the rest kept."""
+    import datetime
+
+    alice = log_in_on(CACHE, "alice", cart="3 apples")
+    key = cookie(alice, SESSION_COOKIE)
+    cache = caches["default"]
+    data = cache.get("django.contrib.sessions.cache" + key)
+    cache.set("django.contrib.sessions.cache" + key, data | {"when": datetime.datetime.now()})
+    with resilient_site(CACHE):
+        alice = moved(alice)
+        assert state(alice) == {"user": "alice", "degraded": False, "data": {"cart": "3 apples"}}
