@@ -16,6 +16,9 @@
 #                           + the Django 4.2 run + the peer suites (make test-peer)
 #   make test-sqlite        pytest with DRS_TEST_DB=sqlite
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
+#   make test-adoption      adoptsessions over 10,000 and 100,000 sessions with flat memory
+#                           (PostgreSQL's django_session and Django's cache engine keys; several
+#                           minutes; DRS_ADOPT_SCALE sets the large size)
 #   make test-django-suite  Django's sessions_tests run against our session engine
 #   make test-allauth       django-allauth (login, logout, sessions page, headless API) next to
 #                           our engine through Redis outages (SQLite, then PostgreSQL if reachable)
@@ -71,7 +74,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 
 .PHONY: help venv redis chromium demo lint docs messages gettext test test-sqlite test-postgres \
 	test-django-suite test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench \
-	bench-smoke wrk chaos fuzz clean
+	bench-smoke wrk chaos fuzz clean test-adoption
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -183,6 +186,7 @@ test: venv redis chromium
 	else \
 		echo "PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT): skipping the PostgreSQL run"; \
 	fi
+	@$(MAKE) --no-print-directory test-adoption
 	@$(MAKE) --no-print-directory test-django-suite
 	@$(MAKE) --no-print-directory test-allauth
 	@$(MAKE) --no-print-directory test-django42
@@ -198,6 +202,15 @@ test-postgres: venv redis
 		exit 1; }
 	@mkdir -p $(ARTIFACTS)
 	DRS_TEST_DB=postgres $(BIN)/pytest --junitxml=$(ARTIFACTS)/junit-postgres.xml $(PYTEST_ARGS)
+
+# The 100,000-session adoption run (tests/test_adoption_scale.py, marker adoption_scale, kept
+# out of the plain pytest runs): on PostgreSQL when it answers, else the cache engine part on
+# SQLite.
+test-adoption: venv redis
+	@mkdir -p $(ARTIFACTS)
+	@if $(PG_READY); then db=postgres; else db=sqlite; fi; \
+	DRS_TEST_DB=$$db $(BIN)/pytest tests/test_adoption_scale.py -m adoption_scale \
+		-p no:cacheprovider --junitxml=$(ARTIFACTS)/junit-adoption.xml $(PYTEST_ARGS)
 
 django-suite-fetch: venv
 	$(BIN)/python -m tests.django_suite.fetch

@@ -184,6 +184,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *_http_table(results["http"])]
     if "cleanup" in results:
         lines += ["", *_cleanup_table(results["cleanup"])]
+    if "adoption" in results:
+        from benchmarks import adoption
+
+        lines += ["", *adoption.table(results["adoption"])]
     for note in _notes(results):
         lines += ["", note]
     if results.get("profiles"):

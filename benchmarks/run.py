@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cleanup, env, http, ops, profiling, report
+from benchmarks import adoption, cleanup, env, http, ops, profiling, report
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ops", "http", "cleanup")
+SECTIONS = ("ops", "http", "cleanup", "adoption")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny counts, to check it all runs")
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help="comma-separated: ops,http,cleanup"
+        "--sections", default=",".join(SECTIONS), help="comma-separated: ops,http,cleanup,adoption"
     )
     parser.add_argument("--reps", type=int, help="repetitions of create, cycle_key and flush")
     parser.add_argument("--cheap-reps", type=int, help="repetitions of the other operations")
@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=3, help="gunicorn workers per engine")
     parser.add_argument("--connections", type=int, help="load generator connections")
     parser.add_argument("--rows", type=int, help="expired rows for the cleanup")
+    parser.add_argument(
+        "--adopt-sessions",
+        type=int,
+        help="sessions adoptsessions adopts (and a tenth of it, for the memory comparison)",
+    )
     parser.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "python", "both"),
@@ -78,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if smoke else 2)
     args.connections = args.connections or 2 * args.workers
     args.rows = args.rows or (2000 if smoke else 1_000_000)
+    args.adopt_sessions = args.adopt_sessions or (2000 if smoke else 100_000)
     args.loadgen = args.loadgen or ("both" if smoke else "auto")
     args.profile = args.profile or ("always" if smoke else "missed")
     args.db_name = args.db_name or (f"drs_bench_smoke_{os.getpid()}" if smoke else "drs_bench")
@@ -149,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             if "cleanup" in sections:
                 progress(f"cleanup: clearsessions over {args.rows:,} expired rows")
                 results["cleanup"] = cleanup.run(bench, args.rows, progress=progress)
+            if "adoption" in sections:
+                progress(f"adoption: adopting requests, adoptsessions over {args.adopt_sessions:,}")
+                sizes = (args.adopt_sessions // 10, args.adopt_sessions)
+                results["adoption"] = adoption.run(
+                    bench, reps=min(args.reps, 1000), sizes=sizes, progress=progress
+                )
             results["targets"] = [vars(t) for t in report.targets(results)]
             if args.profile != "never":
                 progress(f"profiles ({args.profile})")

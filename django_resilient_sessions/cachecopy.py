@@ -476,6 +476,29 @@ class SessionCache:
             return CacheRead(Cache.TOMBSTONED)
         return self._decode(key_hash, reply[1])
 
+    def create_many(self, items: list[tuple[str, Entry, int]]) -> list[bool]:
+        """``SET NX`` of each ``(key hash, entry, TTL)``, one round trip per node.
+
+        Returns which were created (a key already taken, tombstone included, is
+        not).  ``CacheUnavailable`` when a node fails: some may have been created.
+        """
+        groups: dict[str, list[int]] = {}
+        for i, (key_hash, _, _) in enumerate(items):
+            breaker = self.breaker_for(self.entry_key(key_hash))
+            groups.setdefault(breaker.name, []).append(i)
+        created = [False] * len(items)
+        for indexes in groups.values():
+            commands: list[tuple[Any, ...]] = []
+            for i in indexes:
+                key_hash, entry, ttl = items[i]
+                value = entry.dump(self.serializer)
+                commands.append(("SET", self.entry_key(key_hash), value, "PX", _ms(ttl), "NX"))
+            first = self.entry_key(items[indexes[0]][0])
+            replies = self._call(first, functools.partial(_pipeline, commands))
+            for i, reply in zip(indexes, replies, strict=True):
+                created[i] = bool(reply)
+        return created
+
     def drop(self, key_hash: str) -> None:
         """``DEL`` the entry, no tombstone (a session saved already expired)."""
         key = self.entry_key(key_hash)

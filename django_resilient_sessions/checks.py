@@ -15,6 +15,9 @@ ID                                          problem
 ``django_resilient_sessions.E010``          our middleware comes after one that reads the session
 ``django_resilient_sessions.E011``          the ledger is routed to another database than the users
 ``django_resilient_sessions.E012``          a cluster cache whose key prefix breaks the hash tags
+``django_resilient_sessions.E013``          ``PREVIOUS_ENGINE`` is not a usable other session engine
+``django_resilient_sessions.E014``          ``EXPORT_TO`` is not an engine to mirror sessions into
+``django_resilient_sessions.E015``          ``PREVIOUS_ENGINE`` and ``EXPORT_TO`` are both set
 ``django_resilient_sessions.W001``          no socket timeouts on the session cache
 ``django_resilient_sessions.W002``          our middleware without our engine
 ``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
@@ -106,6 +109,14 @@ VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or _int_in(1, 10**8)(v),
         "None or a positive number of seconds",
     ),
+    "PREVIOUS_ENGINE": (
+        lambda v: v is None or (isinstance(v, str) and bool(v)),
+        "None or the dotted path of a session engine (E013 checks it)",
+    ),
+    "EXPORT_TO": (
+        lambda v: v is None or (isinstance(v, str) and bool(v)),
+        "None or the dotted path of a session engine (E014 checks it)",
+    ),
 }
 assert VALIDATORS.keys() == DEFAULTS.keys()
 
@@ -153,6 +164,37 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 f"The backup cookie name {name!r} is already used by another Django cookie.",
                 hint="Set RESILIENT_SESSIONS['BACKUP_COOKIE_NAME'] to another name.",
                 id=ID + "E009",
+            )
+        )
+    return errors
+
+
+@register()
+def check_other_engines(**kwargs: Any) -> list[CheckMessage]:
+    """``PREVIOUS_ENGINE`` and ``EXPORT_TO`` name usable engines (see ``engines.py``)."""
+    options = getattr(settings, "RESILIENT_SESSIONS", {})
+    if not isinstance(options, dict):
+        return []  # E001
+    from . import engines
+
+    errors: list[CheckMessage] = []
+    previous, export = options.get("PREVIOUS_ENGINE"), options.get("EXPORT_TO")
+    for name, value, export_, id_ in (
+        ("PREVIOUS_ENGINE", previous, False, ID + "E013"),
+        ("EXPORT_TO", export, True, ID + "E014"),
+    ):
+        usable = isinstance(value, str) and bool(value)  # other values: E003
+        found = engines.problem(value, export=export_) if usable else None
+        if found is not None:
+            errors.append(Error(f"RESILIENT_SESSIONS[{name!r}] is {value!r}: {found}", id=id_))
+    if previous and export:
+        errors.append(
+            Error(
+                "RESILIENT_SESSIONS sets both PREVIOUS_ENGINE and EXPORT_TO: sessions "
+                "mirrored into one store would be adopted back from the other.",
+                hint="Set PREVIOUS_ENGINE while switching to this engine, EXPORT_TO while "
+                "leaving it; not both.",
+                id=ID + "E015",
             )
         )
     return errors

@@ -54,6 +54,12 @@ DEFAULTS: dict[str, Any] = {
     "IDLE_TIMEOUT": None,
     # Seconds after login at which a login ends, active or not (None: never).
     "ABSOLUTE_TIMEOUT": None,
+    # Dotted path of the session engine the site switches from: keys unknown here are
+    # looked up there and adopted once (None: no adoption).
+    "PREVIOUS_ENGINE": None,
+    # Dotted path of a stock session engine every session is mirrored into (under its
+    # key), for a switch back to it without logging anyone out (None: no mirror).
+    "EXPORT_TO": None,
 }
 
 LOGIN_AT_KEY = "_resilient_login_at"
@@ -61,6 +67,8 @@ SEEN_AT_KEY = "_resilient_seen_at"
 ROW_EXPIRY_KEY = "_resilient_row_expiry"
 ROW_HASH_KEY = "_resilient_row_hash"
 UNTRACKED_KEY = "_resilient_untracked"
+#: The engine (``EXPORT_TO``) a session was last mirrored into (see ``export.py``).
+EXPORTED_KEY = "_resilient_exported"
 AUTH_KEYS = (
     "_auth_user_id",
     "_auth_user_backend",
@@ -171,6 +179,16 @@ class Settings:
     def ABSOLUTE_TIMEOUT(self) -> int | None:
         value = self._get("ABSOLUTE_TIMEOUT")
         return None if value is None else int(value)
+
+    @cached_property
+    def PREVIOUS_ENGINE(self) -> str | None:
+        value = self._get("PREVIOUS_ENGINE")
+        return str(value) if value else None
+
+    @cached_property
+    def EXPORT_TO(self) -> str | None:
+        value = self._get("EXPORT_TO")
+        return str(value) if value else None
 
 
 conf = Settings()

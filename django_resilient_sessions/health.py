@@ -30,6 +30,7 @@ COUNTERS = (
     "degraded_saves",
     "purges_pending",
     "purges_done",
+    "sessions_adopted",
 )
 
 _counts: Counter[str] = Counter()

@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .conf import conf
 
-__all__ = ["DEVICE_TYPES", "EndReason", "PendingPurge", "UserSession"]
+__all__ = ["DEVICE_TYPES", "AdoptedSession", "EndReason", "PendingPurge", "UserSession"]
 
 #: The names of ``UserSession.device_type``'s values (see ``django_resilient_sessions.devices``).
 DEVICE_TYPES = {
@@ -164,6 +164,29 @@ class PendingPurge(models.Model):
     class Meta:
         verbose_name = _("pending cache purge")
         verbose_name_plural = _("pending cache purges")
+
+    def __str__(self) -> str:
+        return self.key_hash[:12]
+
+
+class AdoptedSession(models.Model):
+    """A session taken over from ``PREVIOUS_ENGINE``: adopted once, never again.
+
+    ``key_hash`` is the hash of the key the previous engine knew it by (for a
+    signed-cookie session, of the cookie's value).  Written in the same
+    transaction as the adopted login's ``UserSession`` row, so that of two
+    requests adopting the same session at once, one fails on the unique key
+    and serves what the other adopted; and an old key (a signed cookie that
+    cannot be revoked) is refused once adopted.
+    """
+
+    key_hash = models.CharField(_("session key hash"), max_length=64, unique=True)
+    adopted_at = models.DateTimeField(_("adopted"), default=timezone.now)
+    engine = models.CharField(_("previous engine"), max_length=255)
+
+    class Meta:
+        verbose_name = _("adopted session")
+        verbose_name_plural = _("adopted sessions")
 
     def __str__(self) -> str:
         return self.key_hash[:12]

@@ -96,6 +96,7 @@ class Serve(Enum):
     LEDGER_LOGIN = "the login alone, from its row"
     NOTHING = "nothing"
     ASK_LEDGER = "ask the ledger"
+    ADOPT = "adopt it from the previous engine, if it knows the key"
     #: A save, a login or a deletion serves nothing.
     NOT_A_LOAD = "-"
 
@@ -190,6 +191,7 @@ ROLLBACK = "older than a backup already served"
 LEDGER_LOGIN = "no copy: the row vouches for the login"
 UNREADABLE_NOTHING = "no copy, ledger unreadable"
 TRUSTED_UNCHECKED = "ledger unreadable: login trusted (FAIL_CLOSED off)"
+ADOPT = "no copy, no row: the previous engine may know the key"
 
 
 def decide(
@@ -200,6 +202,7 @@ def decide(
     *,
     op: Op = Op.LOAD,
     fail_closed: bool = True,
+    adoptable: bool = False,
     changed: bool = True,
     new_key: bool = False,
     withheld: bool = False,
@@ -209,7 +212,11 @@ def decide(
 
     ``login``: the backup (a load), the session (a save, a deletion) holds an
     authenticated user; ``None`` at a deletion: unknown (not loaded), which
-    counts as one.  For a save: ``cache`` is ``PRESENT`` when the copy in hand
+    counts as one.  ``adoptable`` (a load): ``PREVIOUS_ENGINE`` is set.  A key
+    this engine has never seen (no copy, no tombstone, no backup, no row) is
+    then looked up there (:attr:`Serve.ADOPT`, the one exception to "an unknown
+    key is never adopted"); if that engine does not know it either, the answer
+    is ``NOTHING``.  For a save: ``cache`` is ``PRESENT`` when the copy in hand
     came from (or went to) Redis, ``ABSENT`` when not, ``TOMBSTONED`` when the
     write met a tombstone and ``UNREACHABLE`` when Redis cannot take it;
     ``changed``: the session was modified (not a mere renewal of its backup);
@@ -223,10 +230,12 @@ def decide(
         return _login(row)
     if op is Op.DELETE:
         return _delete(cache, login, row)
-    return _load(cache, backup, bool(login), row, fail_closed)
+    return _load(cache, backup, bool(login), row, fail_closed, adoptable)
 
 
-def _load(cache: Cache, backup: Backup, login: bool, row: Row, fail_closed: bool) -> Decision:
+def _load(
+    cache: Cache, backup: Backup, login: bool, row: Row, fail_closed: bool, adoptable: bool
+) -> Decision:
     """Which copy serves a request."""
     if cache is Cache.TOMBSTONED:
         return Decision(Serve.NOTHING, reject=backup is not Backup.NONE, reason=ENDED)
@@ -248,8 +257,12 @@ def _load(cache: Cache, backup: Backup, login: bool, row: Row, fail_closed: bool
             return _ASK
         if row is Row.ACTIVE:
             return Decision(Serve.LEDGER_LOGIN, write=write, reason=LEDGER_LOGIN)
+        if row is Row.MISSING and adoptable:
+            return Decision(Serve.ADOPT, keep_cookies=cache is Cache.UNREACHABLE, reason=ADOPT)
         reason = {Row.ENDED: ROW_ENDED, Row.UNREADABLE: UNREADABLE_NOTHING}.get(row, "no copy")
-        return Decision(Serve.NOTHING, keep_cookies=cache is Cache.UNREACHABLE, reason=reason)
+        # (With adoption on, an unreadable ledger may hide a key to adopt: keep it too.)
+        keep = cache is Cache.UNREACHABLE or (adoptable and row is Row.UNREADABLE)
+        return Decision(Serve.NOTHING, keep_cookies=keep, reason=reason)
     if backup is Backup.INVALID:
         return Decision(
             Serve.NOTHING, reject=True, keep_cookies=cache is Cache.UNREACHABLE, reason="no copy"

@@ -56,6 +56,7 @@ PROTECTS = {
     ),
     trust.UNREADABLE_NOTHING: "fail closed: no login the ledger cannot vouch for",
     trust.ENDED: "never resurrect: the tombstone says it ended",
+    trust.ADOPT: "no fixation: adopted only if PREVIOUS_ENGINE knows the key, and only once",
     # Saves
     trust.WRITABLE: "one round trip; a copy not read from Redis never overwrites one",
     trust.ACTIVITY_LATER: "the Redis copy never outlives its row by more than the grace",

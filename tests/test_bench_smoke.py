@@ -122,3 +122,15 @@ def test_markdown_and_charts(smoke_run: tuple[Path, str]) -> None:
     )
     for name in results["charts"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adoption_section(smoke_run: tuple[Path, str]) -> None:
+    out, stdout = smoke_run
+    adoption = json.loads((out / "latest.json").read_text())["adoption"]
+    request = adoption["request"]
+    assert request["reps"] == 50 and _number(request["ratio"]), request
+    assert [run["sessions"] for run in adoption["bulk"]] == [200, 2000]
+    for run in adoption["bulk"]:
+        assert run["summary"].startswith(f"Sessions adopted: {run['sessions']} "), run
+        assert run["rate_per_s"] > 0 and run["peak_rss_mb"] >= run["start_rss_mb"] > 0
+    assert "`adoptsessions` (batches of 1,000" in stdout

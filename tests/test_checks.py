@@ -141,6 +141,9 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("IDLE_TIMEOUT", 600.0),
     ("ABSOLUTE_TIMEOUT", -5),
     ("ABSOLUTE_TIMEOUT", True),
+    ("PREVIOUS_ENGINE", ""),
+    ("PREVIOUS_ENGINE", 3),
+    ("EXPORT_TO", ["django.contrib.sessions.backends.db"]),
 ]
 
 
@@ -181,6 +184,8 @@ GOOD_VALUES: dict[str, Any] = {
     "SESSION_LIMIT_POLICY": "refuse",
     "IDLE_TIMEOUT": 3600,
     "ABSOLUTE_TIMEOUT": 10**8,
+    "PREVIOUS_ENGINE": "django.contrib.sessions.backends.cached_db",
+    "EXPORT_TO": None,  # (not with PREVIOUS_ENGINE: E015; see test_other_engines)
 }
 
 
@@ -466,3 +471,27 @@ def test_manage_check_reports_a_warning_without_failing() -> None:
     with override_settings(CACHES=default_cache(OPTIONS={})):
         call_command("check", stdout=StringIO(), stderr=err)
     assert PREFIX + "W001" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"PREVIOUS_ENGINE": "django.contrib.sessions.backends.signed_cookies"}, set()),
+        ({"EXPORT_TO": "django.contrib.sessions.backends.cache"}, set()),
+        ({"PREVIOUS_ENGINE": "no.such.engine"}, {"E013"}),
+        ({"PREVIOUS_ENGINE": "django.contrib.sessions"}, {"E013"}),  # no SessionStore
+        ({"PREVIOUS_ENGINE": "django_resilient_sessions.backends.resilient"}, {"E013"}),
+        ({"EXPORT_TO": "django_resilient_sessions.backends.resilient"}, {"E014"}),
+        ({"EXPORT_TO": "django.contrib.sessions.backends.signed_cookies"}, {"E014"}),
+        (
+            {
+                "PREVIOUS_ENGINE": "django.contrib.sessions.backends.db",
+                "EXPORT_TO": "django.contrib.sessions.backends.db",
+            },
+            {"E015"},
+        ),
+    ],
+)
+def test_other_engines(options: dict[str, Any], expected: set[str]) -> None:
+    with override_settings(RESILIENT_SESSIONS=options):
+        assert {m.id.rsplit(".", 1)[1] for m in ours()} == expected

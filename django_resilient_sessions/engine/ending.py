@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import SESSION_KEY
 
 from .. import (
+    export,
     ledger,
     lifecycle,
     tracking,
@@ -82,6 +83,7 @@ class Ending(Saving):
             login, in_redis, ttl = None, True, 0  # not loaded: it may be a login in Redis
         reason = str(EndReason.LOGOUT if own else EndReason.REVOKED)
         tracking.end_one(hash_key(key), reason, login=login, in_redis=in_redis, ttl=ttl)
+        export.forget(key)
         if own:
             self._user = None
             self._withheld = {}
@@ -106,6 +108,7 @@ class Ending(Saving):
         user = self._login()
         old_in_redis = self._may_be_in_redis()
         ttl = self.get_expiry_age()
+        export.forget(old_key)
         if user is None or not old_key:
             self._create(record=True)
             self._session_cache = data

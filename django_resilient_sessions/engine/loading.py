@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
 from .. import (
+    adoption,
     codec,
     cookies,
+    export,
     health,
     ledger,
     lifecycle,
@@ -52,7 +55,17 @@ class Loading(StoreState):
         decision = trust.decide(read.state, state, login, fail_closed=conf.FAIL_CLOSED)
         if decision.ask:
             row = self._row(key_hash, backup)
-            decision = trust.decide(read.state, state, login, row, fail_closed=conf.FAIL_CLOSED)
+            adoptable = adoption.enabled() and not self._adoption_done
+            decision = trust.decide(
+                read.state, state, login, row, fail_closed=conf.FAIL_CLOSED, adoptable=adoptable
+            )
+        if decision.serve is Serve.ADOPT:
+            self._adoption_done = True
+            adopted = adoption.adopt(self, read)
+            if adopted is not None:
+                return adopted
+            # Not adopted: nothing served, the cookie kept if the store could not tell.
+            decision = replace(decision, keep_cookies=decision.keep_cookies or self.keep_cookie)
         return self._carry_out(decision, read, backup)
 
     def _backup_against(self, read: CacheRead) -> tuple[codec.Backup | None, trust.Backup]:
@@ -166,7 +179,9 @@ class Loading(StoreState):
         self._user = data.get(SESSION_KEY)
         self.source = source
         self._in_cache = in_cache
-        self.needs_backup = self.needs_backup or lifecycle.renewal_due(data, now)
+        self.needs_backup = (
+            self.needs_backup or lifecycle.renewal_due(data, now) or export.due(data)
+        )
         return data
 
     def _use_ledger_login(

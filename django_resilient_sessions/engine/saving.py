@@ -15,6 +15,7 @@ from django.contrib.sessions.backends.base import (
 from .. import (
     codec,
     cookies,
+    export,
     health,
     ledger,
     lifecycle,
@@ -93,6 +94,8 @@ class Saving(Logins):
             # The row could not follow the session's expiry: Redis must not outlive it.
             row_end = int(data.get(ROW_EXPIRY_KEY, now)) + conf.ACTIVITY_UPDATE_INTERVAL
             age = min(age, row_end - int(now))
+        if export.enabled() and self.session_key:
+            export.mirror(self.session_key, data, new=must_create)  # (marks data)
         withheld_login = self._withheld if SESSION_KEY not in data else {}
         backup = data | withheld_login
         # Serialized once for both copies (they differ only by a withheld login).
@@ -113,6 +116,7 @@ class Saving(Logins):
                 maybe = error.attempted
                 health.count("degraded_saves")
             except Ended:
+                export.forget(self.session_key)  # ended meanwhile: no copy to keep either
                 if not self._carry_out_save(plan(Cache.TOMBSTONED, Row.NOT_ASKED), data):
                     return
             if not (stored or maybe):

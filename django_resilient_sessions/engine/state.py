@@ -71,6 +71,8 @@ class StoreState(SessionBase):
         self._partial = False
         self._user: str | None = None  # the login the ledger holds for this key
         self._loaded = False
+        # Adoption from PREVIOUS_ENGINE was tried for this key (see ..adoption).
+        self._adoption_done = False
         self._in_cache = False  # Redis holds the copy in hand
         # A backup's login the ledger could not vouch for: kept out of the
         # session (fail closed), sealed into the next backup, so it comes back
