@@ -111,3 +111,9 @@ def pending_slots() -> set[int]:
 @guarded
 def queue_length() -> int:
     return int(_due().count())
+
+
+@guarded
+def queue_size(cap: int) -> int:
+    """Queued deletions, in flight or not, counted up to ``cap`` (one bounded query)."""
+    return int(PendingPurge.objects.all()[:cap].count())

@@ -18,6 +18,7 @@ from .. import (
     health,
     ledger,
     signals,
+    tracing,
     trust,
 )
 from ..cachecopy import Entry
@@ -52,6 +53,21 @@ class Saving(Logins):
         self._save(must_create=must_create, record=True)
 
     def _save(self, *, must_create: bool, record: bool) -> None:
+        """Save both copies, counted by where the newest went (``saves`` metric, span)."""
+        with tracing.span("session.save") as span:
+            copy = "none"
+            try:
+                copy = self._save_copies(must_create=must_create, record=record)
+            except CreateError:
+                copy = ""  # a key collision: create() tries another key
+                raise
+            finally:
+                if copy:
+                    health.count("saves", label=copy)
+                    tracing.annotate(span, copy=copy, degraded=self.degraded)
+
+    def _save_copies(self, *, must_create: bool, record: bool) -> str:
+        """Write the copies; returns where the newest went: "cache", "backup" or "none"."""
         data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
         if self.session_key is None:
             raise UpdateError  # the load found no such session: nothing to update (as Django)
@@ -96,7 +112,7 @@ class Saving(Logins):
                 # A renewal of a session ended meanwhile: nothing to renew (no error).
                 self.interrupted = True
                 self.sealed = None
-                return
+                return "none"
             if not (stored or maybe):
                 sealed = self._seal(backup, version, self._base, packed)
         if not stored and record and not recorded and SESSION_KEY in data:
@@ -112,6 +128,7 @@ class Saving(Logins):
             self._base = version
         self._parent = tag_of(sealed)
         self._record(sealed, key_hash)
+        return "cache" if stored else "backup" if sealed is not None else "none"
 
     def _store(self, store: Store, key_hash: str, entry: Entry, age: int, payload: bytes) -> bool:
         """Write the Redis copy as planned; ``True`` when Redis holds it afterwards."""
@@ -142,7 +159,7 @@ class Saving(Logins):
             raise UpdateError  # deleted elsewhere (logout in another tab, revoked)
         raise Ended
 
-    def _unprotected(self) -> None:
+    def _unprotected(self) -> str:
         """A login's save only a backup would keep, whose version the ledger cannot record.
 
         An older backup could then win over it (no rollback protection), so it is not
@@ -154,6 +171,7 @@ class Saving(Logins):
         if self.modified:
             raise LedgerUnavailable("the newest backup of this login cannot be recorded")
         self.interrupted = True
+        return "none"
 
     def _seal(
         self, data: dict[str, Any], version: int, base: int, payload: bytes | None = None

@@ -1,20 +1,42 @@
-"""``manage.py sessionstats [--json]``: sessions, users, devices, cache health."""
+"""``manage.py sessionstats [--json] [--check]``: sessions, users, devices, cache health.
+
+``--check`` prints one status line and exits 0 (ok), 1 (degraded) or 2 (down),
+for cron and Nagios-style checks: see :mod:`django_resilient_sessions.status`.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Avg, Count, Max
 
+from ... import recent, status
 from ...breaker import get_breaker
 from ...cachecopy import SessionCache
+from ...conf import conf
+from ...exceptions import LedgerUnavailable
 from ...models import PendingPurge, UserSession
 
+EXIT_CODES = {status.OK: 0, status.DEGRADED: 1, status.DOWN: 2}
 
-def collect() -> dict[str, Any]:
+
+def served_from_backups(minutes: int | None = None) -> dict[str, Any]:
+    """The "served from backups in the last N minutes" figure (count None: unknown)."""
+    minutes = minutes or conf.BACKUP_LOADS_WINDOW or 15
+    count: int | None = None
+    if conf.BACKUP_LOADS_WINDOW is not None:
+        try:
+            count = recent.backup_loads(minutes)
+        except LedgerUnavailable:
+            count = None
+    return {"minutes": minutes, "loads": count, "covers": "every process sharing the database"}
+
+
+def collect(minutes: int | None = None) -> dict[str, Any]:
     active = UserSession.objects.active()
     per_user = (
         active.values("user")
@@ -43,6 +65,7 @@ def collect() -> dict[str, Any]:
         },
         "by_device": {kind or "unknown": n for kind, n in devices.items()},
         "pending_purges": PendingPurge.objects.count(),
+        "served_from_backups": served_from_backups(minutes),
         "cache": {
             "alias": alias,
             "breaker": get_breaker(alias).state,
@@ -59,9 +82,26 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON for machines")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="print one status line and exit 0 (ok), 1 (degraded) or 2 (down)",
+        )
+        parser.add_argument(
+            "--minutes",
+            type=int,
+            help="window of the served-from-backups figure (default: BACKUP_LOADS_WINDOW)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stats = collect()
+        if options["check"]:
+            report = status.check(live=True)
+            self.stdout.write(report.line())
+            code = EXIT_CODES[report.status]
+            if code:
+                sys.exit(code)
+            return
+        stats = collect(options["minutes"])
         if options["json"]:
             self.stdout.write(json.dumps(stats, indent=2))
             return
@@ -76,6 +116,7 @@ class Command(BaseCommand):
             "By device:         "
             + (", ".join(f"{k} {v}" for k, v in stats["by_device"].items()) or "none"),
             f"Pending purges:    {stats['pending_purges']}",
+            _backups_line(stats["served_from_backups"]),
             f"{label:<19}breaker {cache['breaker']}, round trip {rtt}",
         ]
         if len(cache["nodes"]) > 1 or cache["nodes"][0]["name"] != cache["alias"]:
@@ -86,3 +127,9 @@ class Command(BaseCommand):
                     f"  node {node['name']}: breaker {node['breaker']}, round trip {shown}"
                 )
         self.stdout.write("\n".join(lines))
+
+
+def _backups_line(figure: dict[str, Any]) -> str:
+    loads = figure["loads"]
+    shown = "unknown" if loads is None else f"{loads} session loads (all processes)"
+    return f"From backups:      {shown} in the last {figure['minutes']} min"
