@@ -141,6 +141,12 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("IDLE_TIMEOUT", 600.0),
     ("ABSOLUTE_TIMEOUT", -5),
     ("ABSOLUTE_TIMEOUT", True),
+    ("BACKUP_LOADS_WINDOW", 0),
+    ("BACKUP_LOADS_WINDOW", 1441),
+    ("BACKUP_LOADS_WINDOW", 1.5),
+    ("HEALTH_CHECK_TIMEOUT", 0),
+    ("HEALTH_CHECK_TIMEOUT", 31),
+    ("HEALTH_CHECK_TIMEOUT", "1"),
 ]
 
 
@@ -181,6 +187,8 @@ GOOD_VALUES: dict[str, Any] = {
     "SESSION_LIMIT_POLICY": "refuse",
     "IDLE_TIMEOUT": 3600,
     "ABSOLUTE_TIMEOUT": 10**8,
+    "BACKUP_LOADS_WINDOW": 1440,
+    "HEALTH_CHECK_TIMEOUT": 0.25,
 }
 
 

@@ -116,7 +116,6 @@ class Command(BaseCommand):
             "By device:         "
             + (", ".join(f"{k} {v}" for k, v in stats["by_device"].items()) or "none"),
             f"Pending purges:    {stats['pending_purges']}",
-            _backups_line(stats["served_from_backups"]),
             f"{label:<19}breaker {cache['breaker']}, round trip {rtt}",
         ]
         if len(cache["nodes"]) > 1 or cache["nodes"][0]["name"] != cache["alias"]:
@@ -126,6 +125,7 @@ class Command(BaseCommand):
                 lines.append(
                     f"  node {node['name']}: breaker {node['breaker']}, round trip {shown}"
                 )
+        lines.append(_backups_line(stats["served_from_backups"]))
         self.stdout.write("\n".join(lines))
 
 
