@@ -90,9 +90,10 @@ def queued(limit: int, upto: int, slots: Slots = None) -> list[str]:
 
 
 @guarded
-def unqueue(key_hashes: Sequence[str]) -> None:
+def unqueue(key_hashes: Sequence[str]) -> int:
+    """Take these deletions off the queue; returns how many were still on it."""
     with one_statement():
-        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()
+        return int(PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()[0])
 
 
 @guarded
