@@ -24,7 +24,7 @@ from chaos.stats import Recorder, Sample, percentile
 __all__ = ["Window", "windows", "write"]
 
 #: Phases that are not faults (no shading).
-QUIET = ("startup", "baseline", "final check")
+QUIET = ("startup", "baseline", "final check (Redis up)", "final check (ledger)")
 HEALED = "healed"
 
 

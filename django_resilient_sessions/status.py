@@ -2,20 +2,22 @@
 
 :func:`check` gathers the facts (this process's breakers, a bounded ``PING``
 per Redis node, a bounded ``SELECT 1`` on the ledger's database) and
-:func:`judge`, a pure function, turns them into a status:
+:func:`judge`, a pure function, turns them into a status.
 
-``down`` (HTTP 503, exit 2): sessions cannot be served at all.
-    - the session cache cannot be configured (``ImproperlyConfigured``), or a
-      Redis node refuses us for good: an authentication or permission error,
-      an unknown command, a database index it does not have.  Waiting will not
-      bring it back; a person must fix the settings or the server.
-    - or no Redis node answers *and* the ledger's database does not answer,
-      with ``FAIL_CLOSED`` on: no backup's login can be vouched for and no login
-      can be recorded, so every user is logged out until one of them is back.
-``degraded`` (HTTP 200, exit 1): sessions are served, some from backups.
-    A breaker of this process is open, a node does not answer (refused,
-    timed out, loading, read-only...), or the ledger does not answer while
-    Redis does (sessions served, logins and logouts refused).
+``down`` (HTTP 503, exit 2) when sessions cannot be served at all: the session
+cache cannot be configured (``ImproperlyConfigured``), or a Redis node refuses
+us for good (an authentication or permission error, an unknown command, a
+database index it does not have: waiting will not mend it, a person must fix
+the settings or the server); or no Redis node answers *and* the ledger's
+database does not answer, with ``FAIL_CLOSED`` on (no backup's login can be
+vouched for and no login can be recorded: every user is logged out until one
+of them is back).
+
+``degraded`` (HTTP 200, exit 1) while sessions are served, some from backups:
+a breaker of this process is open, a node does not answer (refused, timed out,
+loading, read-only...), or the ledger does not answer while Redis does
+(sessions served, logins and logouts refused).
+
 ``ok`` (HTTP 200, exit 0): Redis and the ledger answer, every breaker closed.
 
 A Redis outage alone is ``degraded``, never ``down``: the backups serve, and

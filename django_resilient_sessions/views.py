@@ -4,7 +4,7 @@ and the operations endpoints :func:`health` and :func:`metrics`.
 Views are thin: the work is in :mod:`.tracking`, :mod:`.status` and
 :mod:`.metrics`.  The session pages answer JSON to a client that asks for it
 (``Accept: application/json`` or ``?format=json``).  The operations endpoints
-are not in :mod:`.urls` (that is for users): route them yourself, where only
+are not in ``django_resilient_sessions.urls`` (that is for users): route them yourself, where only
 your load balancers and monitors can reach them (``docs/production.md``).
 """
 
