@@ -10,6 +10,7 @@ fails with ``SystemCheckError`` on an error-level one.
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -474,3 +475,26 @@ def test_manage_check_reports_a_warning_without_failing() -> None:
     with override_settings(CACHES=default_cache(OPTIONS={})):
         call_command("check", stdout=StringIO(), stderr=err)
     assert PREFIX + "W001" in err.getvalue()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_e013_multiprocess_directory_missing_or_read_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    error = only(ours(), "E013")
+    assert "not a writable directory" in error.msg
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(a_file))
+    assert ids(ours()) == [PREFIX + "E013"]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert ours() == []
+
+
+def test_no_w006_when_prometheus_client_is_installed() -> None:
+    # The suite's URLconf routes views.metrics and prometheus-client is installed; the
+    # warning itself is shown without it in tests/test_health.py (a process of its own).
+    assert ours() == []
