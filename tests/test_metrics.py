@@ -189,3 +189,34 @@ def test_every_exported_family_is_declared() -> None:
 
 def declared_names() -> set[str]:
     return {metrics.PREFIX + name for name in metrics.METRICS}
+
+
+def test_async_sessions_and_the_views_under_asgi() -> None:
+    """The ASGI handler (AsyncClient) serves both views; async session access is counted."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    from django_resilient_sessions.backends.resilient import SessionStore
+
+    async def scenario() -> tuple[int, int, str]:
+        store = SessionStore()
+        await store.aset("colour", "red")
+        await store.asave()
+        again = SessionStore(store.session_key)
+        assert await again.aget("colour") == "red"
+        client = AsyncClient()
+        health_answer = await client.get("/-/health/")
+        metrics_answer = await client.get("/-/metrics/")
+        return (
+            health_answer.status_code,
+            metrics_answer.status_code,
+            metrics_answer.content.decode(),
+        )
+
+    before = scrape()
+    health_code, metrics_code, text = async_to_sync(scenario)()
+    assert (health_code, metrics_code) == (200, 200)
+    assert "resilient_sessions_loads_total" in text
+    after = scrape()
+    assert grew(before, after, "resilient_sessions_loads_total", source="cache") == 1
+    assert grew(before, after, "resilient_sessions_saves_total", copy="cache") == 1
