@@ -59,7 +59,9 @@ def guarded(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-_asking = threading.Lock()
+#: Checks in flight at once (a hung database holds them): past that, fail at once.
+BOUNDED_IN_FLIGHT = 4
+_asking = threading.BoundedSemaphore(BOUNDED_IN_FLIGHT)
 
 
 def bounded(function: Callable[[], R], timeout: float) -> R:
@@ -67,11 +69,12 @@ def bounded(function: Callable[[], R], timeout: float) -> R:
 
     For health checks and scrapes, which must answer whatever the database
     does: past the timeout :class:`LedgerUnavailable` is raised and the thread
-    is left to finish (its connection is closed when it does).  One such
-    thread at a time: while one still waits, the next call fails at once.
+    is left to finish (its connection is closed when it does).  At most
+    ``BOUNDED_IN_FLIGHT`` such threads at a time: while that many still wait
+    (a hung database), the next call fails at once.
     """
     if not _asking.acquire(blocking=False):
-        raise LedgerUnavailable("a previous check is still waiting for the database")
+        raise LedgerUnavailable("earlier checks are still waiting for the database")
     outcome: list[tuple[bool, Any]] = []
     done = threading.Event()
 

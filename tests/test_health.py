@@ -260,3 +260,30 @@ def test_without_prometheus_client_or_opentelemetry(
     assert found["tracing"] is False and found["sink"] is False
     assert found["whoami"] == 200
     assert "django_resilient_sessions.W006" in found["checks"]
+
+
+def test_a_database_that_does_not_answer_costs_the_bound_and_no_more_threads() -> None:
+    """``dbaccess.bounded``: gives up after its timeout; a hung database holds at most
+    ``BOUNDED_IN_FLIGHT`` threads, and the next check fails at once instead of piling up."""
+    import threading
+
+    from django_resilient_sessions.dbaccess import BOUNDED_IN_FLIGHT, bounded
+    from django_resilient_sessions.exceptions import LedgerUnavailable
+
+    hung = threading.Event()
+    for _ in range(BOUNDED_IN_FLIGHT):
+        with pytest.raises(LedgerUnavailable, match="no answer within"):
+            bounded(hung.wait, 0.01)
+    with pytest.raises(LedgerUnavailable, match="earlier checks are still waiting"):
+        bounded(lambda: 42, 5.0)
+    hung.set()  # the database answers: the threads finish and free their places
+    for _ in range(500):
+        try:
+            assert bounded(lambda: 42, 5.0) == 42
+            break
+        except LedgerUnavailable:
+            time.sleep(0.01)
+    else:
+        pytest.fail("the checks never freed their places")
+    with pytest.raises(LedgerUnavailable, match="ZeroDivisionError"):
+        bounded(lambda: 1 // 0, 5.0)
