@@ -287,3 +287,28 @@ def test_a_database_that_does_not_answer_costs_the_bound_and_no_more_threads() -
         pytest.fail("the checks never freed their places")
     with pytest.raises(LedgerUnavailable, match="ZeroDivisionError"):
         bounded(lambda: 1 // 0, 5.0)
+
+
+SCRAPE = """
+import django
+django.setup()
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+answer = Client().get("/-/metrics/")
+print(answer.status_code)
+print(answer.content.decode())
+"""
+
+
+def test_a_scrape_reports_a_database_that_cannot_be_opened(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    database = tmp_path / "no-such-directory" / "site.sqlite3"
+    done = command(redis_server.url, database, "-c", SCRAPE, python=True)
+    assert done.returncode == 0, done.stderr
+    code, text = done.stdout.split("\n", 1)
+    assert code == "200"
+    assert "resilient_sessions_ledger_up 0.0" in text
+    assert "resilient_sessions_purges_pending" not in text  # unknown: absent, not 0
+    assert "resilient_sessions_loads_total" in text
