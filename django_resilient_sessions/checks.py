@@ -15,7 +15,7 @@ ID                                          problem
 ``django_resilient_sessions.E010``          our middleware comes after one that reads the session
 ``django_resilient_sessions.E011``          the ledger is routed to another database than the users
 ``django_resilient_sessions.E012``          a cluster cache whose key prefix breaks the hash tags
-``django_resilient_sessions.E013``          ``PROMETHEUS_MULTIPROC_DIR`` is not a writable directory
+``django_resilient_sessions.E016``          ``PROMETHEUS_MULTIPROC_DIR`` is not a writable directory
 ``django_resilient_sessions.W001``          no socket timeouts on the session cache
 ``django_resilient_sessions.W002``          our middleware without our engine
 ``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
@@ -377,7 +377,7 @@ def check_metrics(**kwargs: Any) -> list[CheckMessage]:
                 f"PROMETHEUS_MULTIPROC_DIR is {folder!r}, which is not a writable directory: "
                 "every session metric would fail to be written.",
                 hint="Create it (empty) before the workers start, or unset the variable.",
-                id=ID + "E013",
+                id=ID + "E016",
             )
         )
     if not metrics.AVAILABLE and any(v is views.metrics for v in _routed_views()):

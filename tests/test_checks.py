@@ -480,16 +480,16 @@ def test_manage_check_reports_a_warning_without_failing() -> None:
 # -- metrics ---------------------------------------------------------------------------------
 
 
-def test_e013_multiprocess_directory_missing_or_read_only(
+def test_e016_multiprocess_directory_missing_or_read_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
-    error = only(ours(), "E013")
+    error = only(ours(), "E016")
     assert "not a writable directory" in error.msg
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(a_file))
-    assert ids(ours()) == [PREFIX + "E013"]
+    assert ids(ours()) == [PREFIX + "E016"]
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert ours() == []
 

@@ -4,6 +4,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+    # Numbered after 0003_adopted_session of the adoption work: once both are merged,
+    # this depends on that one.
     dependencies = [
         ("django_resilient_sessions", "0002_ledger_lineage_outbox_and_login"),
     ]
