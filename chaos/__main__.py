@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--keep", action="store_true", help="keep the logs directory")
     run.add_argument(
+        "--timeline",
+        default="test-artifacts/chaos-timeline.png",
+        help="PNG chart of the run (requests/s, latency, share from backups, breakers, "
+        "faults shaded); '' for none",
+    )
+    run.add_argument(
         "--engine-option",
         action="append",
         default=[],
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         pg_name=args.pg_name,
         engine_options=engine_options,
+        timeline=args.timeline,
     )
     return run_main(options)
 

@@ -230,6 +230,8 @@ def send(
             _float(response.headers, "X-Chaos-Ms"),
             _int(response.headers, "X-Chaos-Waited"),
             _int(response.headers, "X-Chaos-Pid"),
+            response.headers.get("X-Chaos-Source", ""),
+            response.headers.get("X-Chaos-Breaker", ""),
         )
     )
     if response.status_code == 503:

@@ -11,6 +11,8 @@
     times; 0 when the circuit breaker let it skip Redis or Redis answered);
 ``X-Chaos-Breaker``
     the session cache's breaker state in this worker after the request;
+``X-Chaos-Source``
+    the copy that served the request's session (cache, backup, ledger; empty: none);
 ``X-Chaos-Rejected``
     1 when the session engine refused the request's backup cookie;
 ``X-Chaos-Suspicious``
@@ -122,6 +124,7 @@ class ObserveMiddleware:
         response["X-Chaos-Ms"] = f"{(time.perf_counter() - start) * 1000:.2f}"
         response["X-Chaos-Waited"] = str(snapshot["counters"]["cache_errors"] - errors)
         response["X-Chaos-Breaker"] = str(breaker.get("state", "closed"))
+        response["X-Chaos-Source"] = str(getattr(session, "source", None) or "")
         response["X-Chaos-Rejected"] = "1" if getattr(session, "backup_rejected", False) else "0"
         response["X-Chaos-Suspicious"] = str(_suspicious.value() - suspicious)
         response["X-Chaos-Exception"] = _exceptions.take()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos import KNOWN_BUGS, stats
+from chaos import KNOWN_BUGS, stats, timeline
 from chaos.infra import AppServer, Database, FaultUnavailable, InfraError, Topology
 from chaos.load import SESSION_COOKIE, DeadSession, Replayer, VirtualUser, World
 from chaos.stats import Recorder, percentile
@@ -83,6 +83,8 @@ class Options:
     keep: bool = False
     pg_name: str = "drs_chaos"
     engine_options: dict[str, Any] = field(default_factory=dict)
+    #: Where the timeline chart goes ("": none).
+    timeline: str = "test-artifacts/chaos-timeline.png"
 
 
 @dataclass
@@ -268,6 +270,7 @@ class Runner:
 
     def healed(self) -> None:
         assert self.world is not None
+        self.recorder.mark(timeline.HEALED)
         self.world.replay_all_soon()
         self.wait(self.settle)
 
@@ -687,6 +690,15 @@ class Runner:
             for w in self.hangs:
                 out.write(f"{w.phase},{w.start:.4f},{w.end:.4f}\n")
 
+    def draw_timeline(self) -> None:
+        if not self.options.timeline:
+            return
+        title = f"Chaos run: {self.options.users} users, {self.options.db}, " + ", ".join(
+            self.options.faults
+        )
+        drawn = timeline.write(self.recorder, Path(self.options.timeline), title=title)
+        self.log(f"timeline: {drawn}" if drawn else "timeline: not drawn (no matplotlib)")
+
     def abort(self, reason: str) -> int:
         """The run broke off (an exception): record it, stop the load, print the table."""
         if self.world is None:
@@ -700,6 +712,7 @@ class Runner:
     def report(self) -> int:
         self.dump_samples()
         self.hang_latency()
+        self.draw_timeline()
         recorder = self.recorder
         print()
         print("CHAOS TABLE")

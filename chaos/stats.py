@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ class Sample:
     server_ms: float | None
     waited: int  # Redis errors this request ran into (server side)
     pid: int = 0  # the worker that answered
+    source: str = ""  # the copy that served its session: cache, backup, ledger ("": none)
+    breaker: str = ""  # the answering worker's breaker after it: closed, open, half_open
 
     @property
     def ms(self) -> float:
@@ -95,11 +98,19 @@ class Recorder:
         self.replays_sent: Counter[str] = Counter()
         self.notes: dict[str, PhaseNotes] = defaultdict(PhaseNotes)
         self.phases: list[str] = []
+        #: (phase, time.monotonic()) at each phase's start, and ("healed", time) marks.
+        self.timeline: list[tuple[str, float]] = []
 
     def phase_started(self, name: str) -> None:
         with self._lock:
+            self.timeline.append((name, time.monotonic()))
             if name not in self.phases:
                 self.phases.append(name)
+
+    def mark(self, what: str) -> None:
+        """Note when something happened (the runner marks each fault "healed")."""
+        with self._lock:
+            self.timeline.append((what, time.monotonic()))
 
     def sample(self, sample: Sample) -> None:
         with self._lock:

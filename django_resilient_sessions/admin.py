@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext, pgettext, pgettext_lazy
 
+from . import recent
+from .conf import conf
+from .exceptions import LedgerUnavailable
 from .models import UserSession
 
 if TYPE_CHECKING:
@@ -70,6 +73,12 @@ class UserSessionAdmin(ModelAdmin):
             return pgettext("session status", "active")
         return pgettext("session status", "expired")
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {"backup_loads": backup_loads_text(), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -96,3 +105,23 @@ class UserSessionAdmin(ModelAdmin):
             % {"count": count},
             messages.SUCCESS,
         )
+
+
+def backup_loads_text() -> str:
+    """ "Served from backups in the last N minutes" over every process ("" when not kept)."""
+    minutes = conf.BACKUP_LOADS_WINDOW
+    if minutes is None:
+        return ""
+    try:
+        loads = recent.backup_loads(minutes)
+    except LedgerUnavailable:
+        return ""
+    # Translators: a figure above the list of sessions in the admin.
+    text = ngettext(
+        "Served from backups in the last %(minutes)d minutes: %(count)d session load "
+        "(all servers).",
+        "Served from backups in the last %(minutes)d minutes: %(count)d session loads "
+        "(all servers).",
+        loads,
+    )
+    return text % {"minutes": minutes, "count": loads}

@@ -14,10 +14,12 @@ class ResilientSessionsConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in
         from django.db.models.signals import pre_delete
 
-        from . import checks, lifecycle, purges, tracking
+        from . import checks, lifecycle, metrics, purges, recent, tracking
 
         del checks  # imported for its @register side effect
         purges.install()
+        metrics.install()  # nothing without prometheus-client
+        recent.install()
         user_logged_in.connect(
             lifecycle.on_user_logged_in, dispatch_uid="django_resilient_sessions.login"
         )

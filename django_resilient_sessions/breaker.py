@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,12 +29,27 @@ __all__ = [
     "forget_nodes",
     "get_breaker",
     "reset_breakers",
+    "set_listener",
     "slot_owners",
 ]
 
 logger = logging.getLogger("django_resilient_sessions")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+#: Told ``(breaker, open)`` when a breaker is made, opens, closes or is forgotten
+#: (``open`` False then): the metrics' gauge.  None: nobody listens.
+_listener: Callable[[CircuitBreaker, bool], None] | None = None
+
+
+def set_listener(listener: Callable[[CircuitBreaker, bool], None] | None) -> None:
+    global _listener
+    _listener = listener
+
+
+def _tell(breaker: CircuitBreaker, is_open: bool) -> None:
+    if _listener is not None:
+        _listener(breaker, is_open)
 
 
 class CircuitBreaker:
@@ -53,6 +68,7 @@ class CircuitBreaker:
         self.failures = 0
         self.trips = 0
         self._probe = threading.local()
+        _tell(self, False)
 
     @contextmanager
     def probing(self) -> Iterator[None]:
@@ -90,6 +106,7 @@ class CircuitBreaker:
             self.held = True
             self.state = OPEN
             self._retry_at = time.monotonic() + conf.BREAKER_COOLDOWN
+        _tell(self, True)
 
     def succeeded(self) -> float | None:
         """Record a success; returns the outage's length when this closed the breaker."""
@@ -102,6 +119,7 @@ class CircuitBreaker:
             self.held = False
             downtime = time.monotonic() - (self.opened_at or time.monotonic())
             self.opened_at = None
+        _tell(self, False)
         logger.warning("Session cache %r answers again after %.1f s.", self.name, downtime)
         return downtime
 
@@ -118,6 +136,7 @@ class CircuitBreaker:
                 self.opened_at = time.monotonic()
                 self.trips += 1
         if was_closed:
+            _tell(self, True)
             logger.error(
                 "Session cache %r failed (%s); serving sessions from backups for %.1f s.",
                 self.name,
@@ -175,6 +194,7 @@ def forget_nodes(alias: str, keep: set[str]) -> None:
         for name, breaker in list(_breakers.items()):
             if breaker.alias == alias and breaker.node is not None and breaker.node not in keep:
                 del _breakers[name]
+                _tell(breaker, False)
 
 
 def all_breakers() -> dict[str, CircuitBreaker]:
@@ -184,5 +204,7 @@ def all_breakers() -> dict[str, CircuitBreaker]:
 def reset_breakers() -> None:
     """Forget every breaker's state (for tests, and after reconfiguring caches)."""
     with _registry_lock:
+        for breaker in _breakers.values():
+            _tell(breaker, False)
         _breakers.clear()
         _owners.clear()

@@ -544,20 +544,29 @@ class SessionCache:
             done.extend(hashes)
         return done
 
-    def ping_ms(self) -> dict[str, float | None]:
-        """Round trip of a bounded ``PING`` per node, in milliseconds (None: no answer)."""
+    def ping(self) -> dict[str, tuple[float | None, BaseException | None]]:
+        """A ``PING`` per node, each waiting at most ``BREAKER_PROBE_TIMEOUT`` on a
+        connection of its own: ``(round trip in ms, None)`` or ``(None, the error)``.
+
+        The breakers are left as they are: a slow health check must not send
+        a process to the backups.
+        """
         import time
 
-        times: dict[str, float | None] = {}
+        found: dict[str, tuple[float | None, BaseException | None]] = {}
         for breaker in self.breakers():
             start = time.perf_counter()
             try:
                 _run_quick(self._node_client(breaker), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
-            except CACHE_ERRORS:
-                times[breaker.name] = None
+            except CACHE_ERRORS as error:
+                found[breaker.name] = (None, error)
                 continue
-            times[breaker.name] = round((time.perf_counter() - start) * 1000, 3)
-        return times
+            found[breaker.name] = (round((time.perf_counter() - start) * 1000, 3), None)
+        return found
+
+    def ping_ms(self) -> dict[str, float | None]:
+        """Round trip of a bounded ``PING`` per node, in milliseconds (None: no answer)."""
+        return {name: ms for name, (ms, _) in self.ping().items()}
 
 
 def _ms(ttl: int) -> int:

@@ -18,18 +18,21 @@ ID                                          problem
 ``django_resilient_sessions.E013``          ``PREVIOUS_ENGINE`` is not a usable other session engine
 ``django_resilient_sessions.E014``          ``EXPORT_TO`` is not an engine to mirror sessions into
 ``django_resilient_sessions.E015``          ``PREVIOUS_ENGINE`` and ``EXPORT_TO`` are both set
+``django_resilient_sessions.E016``          ``PROMETHEUS_MULTIPROC_DIR`` is not a writable directory
 ``django_resilient_sessions.W001``          no socket timeouts on the session cache
 ``django_resilient_sessions.W002``          our middleware without our engine
 ``django_resilient_sessions.W003``          (deploy) ``SESSION_COOKIE_SECURE`` is off
 ``django_resilient_sessions.W004``          (deploy) ``SESSION_COOKIE_HTTPONLY`` is off
 ``django_resilient_sessions.W005``          ``IDLE_TIMEOUT`` under twice the activity interval
+``django_resilient_sessions.W006``          the metrics view is routed, prometheus-client missing
 ==========================================  =====================================================
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -116,6 +119,14 @@ VALIDATORS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "EXPORT_TO": (
         lambda v: v is None or (isinstance(v, str) and bool(v)),
         "None or the dotted path of a session engine (E014 checks it)",
+    ),
+    "BACKUP_LOADS_WINDOW": (
+        lambda v: v is None or _int_in(1, 1440)(v),
+        "None or an integer number of minutes from 1 to 1440",
+    ),
+    "HEALTH_CHECK_TIMEOUT": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 30,
+        "a number of seconds above 0 and at most 30",
     ),
 }
 assert VALIDATORS.keys() == DEFAULTS.keys()
@@ -390,3 +401,52 @@ def check_cookie_flags(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return warnings
+
+
+@register()
+def check_metrics(**kwargs: Any) -> list[CheckMessage]:
+    from . import metrics, views
+
+    errors: list[CheckMessage] = []
+    folder = metrics.multiprocess_dir()
+    if (
+        metrics.AVAILABLE
+        and folder
+        and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK))
+    ):
+        errors.append(
+            Error(
+                f"PROMETHEUS_MULTIPROC_DIR is {folder!r}, which is not a writable directory: "
+                "every session metric would fail to be written.",
+                hint="Create it (empty) before the workers start, or unset the variable.",
+                id=ID + "E016",
+            )
+        )
+    if not metrics.AVAILABLE and any(v is views.metrics for v in _routed_views()):
+        errors.append(
+            Warning(
+                "django_resilient_sessions.views.metrics is routed but prometheus-client is "
+                "not installed: it answers 501.",
+                hint="pip install 'django-resilient-sessions[metrics]'.",
+                id=ID + "W006",
+            )
+        )
+    return errors
+
+
+def _routed_views() -> list[Any]:
+    """Every view callable of the root URLconf (nothing if it cannot be loaded)."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    def walk(patterns: Any) -> Iterator[Any]:
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                yield from walk(pattern.url_patterns)
+            elif isinstance(pattern, URLPattern):
+                yield pattern.callback
+
+    try:
+        return list(walk(get_resolver().url_patterns))
+    # A URLconf that fails to import is reported by Django's own checks (urls.E...).
+    except Exception:
+        return []

@@ -60,6 +60,13 @@ DEFAULTS: dict[str, Any] = {
     # Dotted path of a stock session engine every session is mirrored into (under its
     # key), for a switch back to it without logging anyone out (None: no mirror).
     "EXPORT_TO": None,
+    # Minutes of the "served from backups" figure of sessionstats and the admin; the
+    # counts are kept per minute in the database, summed over every process (None:
+    # not kept).
+    "BACKUP_LOADS_WINDOW": 15,
+    # Seconds the health view, sessionstats --check and the metrics scrape wait for the
+    # ledger's database before reporting it as not answering.
+    "HEALTH_CHECK_TIMEOUT": 1.0,
 }
 
 LOGIN_AT_KEY = "_resilient_login_at"
@@ -189,6 +196,15 @@ class Settings:
     def EXPORT_TO(self) -> str | None:
         value = self._get("EXPORT_TO")
         return str(value) if value else None
+
+    @cached_property
+    def BACKUP_LOADS_WINDOW(self) -> int | None:
+        value = self._get("BACKUP_LOADS_WINDOW")
+        return None if value is None else int(value)
+
+    @cached_property
+    def HEALTH_CHECK_TIMEOUT(self) -> float:
+        return float(self._get("HEALTH_CHECK_TIMEOUT"))
 
 
 conf = Settings()

@@ -11,15 +11,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
-from django.db import router, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
+from . import health
 from .exceptions import LedgerUnavailable
 from .models import UserSession
 
@@ -31,8 +34,12 @@ BATCH = 500
 
 
 def guarded(function: Callable[P, R]) -> Callable[P, R]:
+    name = function.__name__
+
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        # Timed only when a metrics sink listens (no clock reads otherwise).
+        start = time.perf_counter() if health.sink is not None else 0.0
         try:
             return function(*args, **kwargs)
         except LedgerUnavailable:
@@ -42,10 +49,55 @@ def guarded(function: Callable[P, R]) -> Callable[P, R]:
         # on PostgreSQL, an aware datetime on a USE_TZ = False SQLite): the
         # ledger could not answer either way, and the caller fails closed.
         except Exception as error:
-            logger.error("Session ledger %s failed: %r", function.__name__, error)
-            raise LedgerUnavailable(f"{function.__name__}: {error}") from error
+            logger.error("Session ledger %s failed: %r", name, error)
+            health.count("ledger_errors", label=name)
+            raise LedgerUnavailable(f"{name}: {error}") from error
+        finally:
+            if start:
+                health.observe("ledger_query", time.perf_counter() - start, name)
 
     return wrapper
+
+
+#: Checks in flight at once (a hung database holds them): past that, fail at once.
+BOUNDED_IN_FLIGHT = 4
+_asking = threading.BoundedSemaphore(BOUNDED_IN_FLIGHT)
+
+
+def bounded(function: Callable[[], R], timeout: float) -> R:
+    """``function()`` (database work) in a thread of its own, waited for ``timeout`` seconds.
+
+    For health checks and scrapes, which must answer whatever the database
+    does: past the timeout :class:`LedgerUnavailable` is raised and the thread
+    is left to finish (its connection is closed when it does).  At most
+    ``BOUNDED_IN_FLIGHT`` such threads at a time: while that many still wait
+    (a hung database), the next call fails at once.
+    """
+    if not _asking.acquire(blocking=False):
+        raise LedgerUnavailable("earlier checks are still waiting for the database")
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, function()))
+        # Reported to the caller, whatever it was (the caller never raises it on).
+        except Exception as error:
+            outcome.append((False, error))
+        finally:
+            connections.close_all()  # this thread's connections only
+            _asking.release()
+            done.set()
+
+    threading.Thread(target=run, name="drs-db-check", daemon=True).start()
+    if not done.wait(timeout):
+        raise LedgerUnavailable(f"no answer within {timeout:g} s")
+    ok, value = outcome[0]
+    if not ok:
+        error = value if isinstance(value, LedgerUnavailable) else None
+        raise error or LedgerUnavailable(f"{type(value).__name__}: {value}") from value
+    result: R = value
+    return result
 
 
 def db() -> str:

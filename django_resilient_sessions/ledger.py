@@ -24,7 +24,7 @@ from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import outbox
+from . import health, outbox
 from .conf import conf
 from .dbaccess import batches, db, guarded, one_statement, when
 from .devices import describe
@@ -282,6 +282,10 @@ def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> i
             )
             if queue:
                 outbox.add(batch)
+    if ended:
+        health.count(
+            "sessions_ended", ended, label=reason if reason in EndReason.values else "other"
+        )
     return ended
 
 

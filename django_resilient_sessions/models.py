@@ -190,3 +190,25 @@ class AdoptedSession(models.Model):
 
     def __str__(self) -> str:
         return self.key_hash[:12]
+
+
+class BackupLoadsMinute(models.Model):
+    """Session loads served from backups in one minute, summed over every process.
+
+    The ring behind the "served from backups in the last N minutes" figure
+    (``sessionstats``, the admin): each process adds its own counts at most
+    every ``recent.FLUSH_INTERVAL`` seconds, and rows older than
+    ``BACKUP_LOADS_WINDOW`` minutes are deleted as new ones come.
+    """
+
+    #: Unix time // 60.
+    minute = models.BigIntegerField(primary_key=True)
+    loads = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("backup loads per minute")
+        verbose_name_plural = _("backup loads per minute")
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return f"{self.minute}: {self.loads}"

@@ -90,9 +90,10 @@ def queued(limit: int, upto: int, slots: Slots = None) -> list[str]:
 
 
 @guarded
-def unqueue(key_hashes: Sequence[str]) -> None:
+def unqueue(key_hashes: Sequence[str]) -> int:
+    """Take these deletions off the queue; returns how many were still on it."""
     with one_statement():
-        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()
+        return int(PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()[0])
 
 
 @guarded
@@ -111,3 +112,9 @@ def pending_slots() -> set[int]:
 @guarded
 def queue_length() -> int:
     return int(_due().count())
+
+
+@guarded
+def queue_size(cap: int) -> int:
+    """Queued deletions, in flight or not, counted up to ``cap`` (one bounded query)."""
+    return int(PendingPurge.objects.all()[:cap].count())

@@ -117,11 +117,11 @@ def drain(cache: SessionCache, *, max_batches: int | None, node: str | None = No
                     cache.recovered(node)
                     break
                 done = cache.tombstone(hashes)
-                outbox.unqueue(done)
+                # (Counted by the queue: another process draining at once did the rest.)
+                result.done += outbox.unqueue(done)
             except LedgerUnavailable as error:
                 logger.warning("Draining the purge queue stopped: %s", error)
                 break
-            result.done += len(done)
             batches += 1
             if len(done) < len(hashes):
                 # (A node of a cluster, or Redis, refused: its breaker opened.)

@@ -1,7 +1,11 @@
-"""The "your sessions" pages: list, sign out one, sign out all other devices.
+"""The "your sessions" pages (list, sign out one, sign out all other devices),
+and the operations endpoints :func:`health` and :func:`metrics`.
 
-Views are thin: the work is in :mod:`.tracking`.  Each answers JSON to a
-client that asks for it (``Accept: application/json`` or ``?format=json``).
+Views are thin: the work is in :mod:`.tracking`, :mod:`.status` and
+:mod:`.metrics`.  The session pages answer JSON to a client that asks for it
+(``Accept: application/json`` or ``?format=json``).  The operations endpoints
+are not in ``django_resilient_sessions.urls`` (that is for users): route them yourself, where only
+your load balancers and monitors can reach them (``docs/production.md``).
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST, require_safe
 
-from . import tracking
+from . import metrics as metrics_module
+from . import status, tracking
+from .conf import conf
 from .models import EndReason, UserSession
 from .typing import resilient_session
 
-__all__ = ["revoke_others", "revoke_session", "session_list"]
+__all__ = ["health", "metrics", "revoke_others", "revoke_session", "session_list"]
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -88,3 +95,31 @@ def revoke_others(request: HttpRequest) -> HttpResponse:
         "Signed out of %(count)d other session.", "Signed out of %(count)d other sessions.", count
     ) % {"count": count}
     return _done(request, message, revoked=count)
+
+
+@never_cache
+@require_safe
+def health(request: HttpRequest) -> HttpResponse:
+    """JSON ``{"status": "ok" | "degraded" | "down", ...}``: 503 only when down.
+
+    Never raises; waits at most ``BREAKER_PROBE_TIMEOUT`` per Redis node and
+    ``HEALTH_CHECK_TIMEOUT`` for the database (see :mod:`.status`).
+    """
+    report = status.check(live=True)
+    code = 503 if report.status == status.DOWN else 200
+    return JsonResponse(report.as_json(), status=code)
+
+
+@never_cache
+@require_safe
+def metrics(request: HttpRequest) -> HttpResponse:
+    """The Prometheus text exposition; 501 when ``prometheus-client`` is not installed."""
+    if not metrics_module.AVAILABLE:
+        return HttpResponse(
+            "prometheus-client is not installed: "
+            "pip install 'django-resilient-sessions[metrics]'\n",
+            status=501,
+            content_type="text/plain; charset=utf-8",
+        )
+    body = metrics_module.exposition(conf.HEALTH_CHECK_TIMEOUT)
+    return HttpResponse(body, content_type=metrics_module.CONTENT_TYPE)

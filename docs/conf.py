@@ -62,7 +62,7 @@ nitpicky = True
 # (their objects appear in the public modules' signatures). Any other unresolved
 # reference (a typo, a renamed function, a setting that is gone) fails the build.
 nitpick_ignore_regex = [
-    (r"py:.*", r"(collections|datetime|enum|typing|threading)(\..*)?"),
+    (r"py:.*", r"(collections|contextlib|datetime|enum|typing|threading)(\..*)?"),
     (r"py:.*", r"(django|django_redis|redis|asgiref|cryptography|ua_parser)(\..*)?"),
     (
         r"py:.*",

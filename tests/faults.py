@@ -145,6 +145,11 @@ DEFAULT_SETUP_COMMANDS: frozenset[str] = frozenset(
 
 #: Tables whose statements :class:`LedgerFaults` counts by default.
 LEDGER_TABLE_PREFIX = "django_resilient_sessions_"
+#: Tables of the package that are not the ledger's, never counted by default: the
+#: per-minute figures for operators (``recent.py``), written at most every 30 s per
+#: process after a response, so a run that flushes and one that does not keep the same
+#: steps. A failure there changes no session.
+NOT_LEDGER_TABLES = ("django_resilient_sessions_backuploadsminute",)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1570,6 +1575,8 @@ class LedgerFaults:
             return False
         if self.tables is None:
             return True
+        if self.tables == (LEDGER_TABLE_PREFIX,) and any(t in sql for t in NOT_LEDGER_TABLES):
+            return False
         return any(prefix in sql for prefix in self.tables)
 
     def _wrap(

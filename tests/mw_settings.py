@@ -12,6 +12,8 @@ database and Redis, which the test passes through the environment:
     host, port, user and password are those of ``tests.settings``.
 ``DRS_TEST_REDIS_URL``
     The session cache (the test's own ``fault_redis`` server); required here.
+``DRS_SESSION_CACHE_ALIAS``
+    ``SESSION_CACHE_ALIAS`` (default ``default``; ``tests/test_health.py`` names a missing one).
 
 It also puts ``tests.mw_observe`` first in ``MIDDLEWARE`` (it reports the worker's pid
 and breaker state in response headers) and logs warnings to stderr (the server log).
@@ -62,6 +64,8 @@ else:
 
 # tests.settings already refuses the shared Redis on port 6379 for this URL.
 CACHES = {"default": {**CACHES["default"], "LOCATION": _required("DRS_TEST_REDIS_URL")}}
+
+SESSION_CACHE_ALIAS = os.environ.get("DRS_SESSION_CACHE_ALIAS", "default")
 
 RESILIENT_SESSIONS: dict[str, Any] = {"BREAKER_COOLDOWN": 0.5}
 

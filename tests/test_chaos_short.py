@@ -49,8 +49,11 @@ def run_chaos(*args: str, timeout: float) -> tuple[int, str, float]:
     return done.returncode, done.stdout.decode(errors="replace"), time.monotonic() - start
 
 
-def test_short_chaos_run_keeps_every_invariant() -> None:
-    code, output, elapsed = run_chaos("run", "--short", "--db", "sqlite", timeout=240)
+def test_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
+    chart = tmp_path / "timeline.png"
+    code, output, elapsed = run_chaos(
+        "run", "--short", "--db", "sqlite", "--timeline", str(chart), timeout=240
+    )
     assert "CHAOS TABLE" in output, output[-5000:]
     assert code == 0, output[-8000:]
     assert "CHAOS RESULT: PASS" in output
@@ -80,6 +83,8 @@ def test_short_chaos_run_keeps_every_invariant() -> None:
     assert all("chattr" in line for line in skipped), skipped
     for line in skipped:
         print(line)
+    assert f"timeline: {chart}" in output
+    assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     print(f"short chaos run: {elapsed:.0f} s")
 
 

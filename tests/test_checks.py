@@ -10,6 +10,7 @@ fails with ``SystemCheckError`` on an error-level one.
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,6 +145,12 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("PREVIOUS_ENGINE", ""),
     ("PREVIOUS_ENGINE", 3),
     ("EXPORT_TO", ["django.contrib.sessions.backends.db"]),
+    ("BACKUP_LOADS_WINDOW", 0),
+    ("BACKUP_LOADS_WINDOW", 1441),
+    ("BACKUP_LOADS_WINDOW", 1.5),
+    ("HEALTH_CHECK_TIMEOUT", 0),
+    ("HEALTH_CHECK_TIMEOUT", 31),
+    ("HEALTH_CHECK_TIMEOUT", "1"),
 ]
 
 
@@ -186,6 +193,8 @@ GOOD_VALUES: dict[str, Any] = {
     "ABSOLUTE_TIMEOUT": 10**8,
     "PREVIOUS_ENGINE": "django.contrib.sessions.backends.cached_db",
     "EXPORT_TO": None,  # (not with PREVIOUS_ENGINE: E015; see test_other_engines)
+    "BACKUP_LOADS_WINDOW": 1440,
+    "HEALTH_CHECK_TIMEOUT": 0.25,
 }
 
 
@@ -495,3 +504,26 @@ def test_manage_check_reports_a_warning_without_failing() -> None:
 def test_other_engines(options: dict[str, Any], expected: set[str]) -> None:
     with override_settings(RESILIENT_SESSIONS=options):
         assert {m.id.rsplit(".", 1)[1] for m in ours()} == expected
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_e016_multiprocess_directory_missing_or_read_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    error = only(ours(), "E016")
+    assert "not a writable directory" in error.msg
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(a_file))
+    assert ids(ours()) == [PREFIX + "E016"]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert ours() == []
+
+
+def test_no_w006_when_prometheus_client_is_installed() -> None:
+    # The suite's URLconf routes views.metrics and prometheus-client is installed; the
+    # warning itself is shown without it in tests/test_health.py (a process of its own).
+    assert ours() == []

@@ -1,7 +1,8 @@
 """The end-to-end promise through a real multi-worker server (gunicorn, 2 sync workers).
 
 A gunicorn server runs ``tests.mw_wsgi`` with ``tests.mw_settings`` against a database of
-its own (an SQLite file, or a PostgreSQL database ``drs_mw`` made and dropped here) and
+its own (an SQLite file, or a PostgreSQL database ``<DRS_TEST_PG_NAME>_mw`` made and
+dropped by ``tests/gunicorn_site.py``) and
 this test's ``fault_redis``. Several users, each with their own ``requests.Session``,
 log in and write numbered values; then Redis is killed, restarted empty, paused (hung)
 and resumed. At every step every user must still be logged in with every write readable,
@@ -15,27 +16,21 @@ The server is always stopped (terminate, then kill) and its workers are checked 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.redis_server import RedisServer, free_port
+from tests.gunicorn_site import Server, django, gunicorn_site, pg_name, site_database, site_env
+from tests.redis_server import RedisServer
 
-REPO = Path(__file__).resolve().parent.parent
-SETTINGS = "tests.mw_settings"
-PG_NAME = "drs_mw"
+PG_NAME = pg_name("mw")
 USERS = ("mw-ann", "mw-bob", "mw-cyd")
 PASSWORD = "mw-pw"
 WORKERS = 2
@@ -46,174 +41,27 @@ HTTP_TIMEOUT = 10.0
 # -- the server ---------------------------------------------------------------------------
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the forked child
-    """Have the kernel SIGTERM gunicorn's master if the test process dies abruptly."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-
-
-def _children(pid: int) -> set[int]:
-    """Pids whose parent is ``pid`` (Linux /proc)."""
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ")".
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.add(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - not ours
-        return True
-    # A zombie has exited: only its parent's wait() is missing.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    workers: set[int] = field(default_factory=set)
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _stop(process: subprocess.Popen[bytes], workers: set[int]) -> None:
-    """Terminate gunicorn (graceful), kill its process group on timeout, reap everything."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            # start_new_session: the group id is the master's pid, the workers are in it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in workers:
-        if _alive(pid):  # pragma: no cover - the master should have reaped them
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _run(command: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, timeout=120)
-    assert done.returncode == 0, (
-        f"{command[3]} failed ({done.returncode}):\n{done.stdout.decode()}{done.stderr.decode()}"
-    )
-
-
 @pytest.fixture
 def mw_database(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment naming the server's own database (made here, dropped afterwards)."""
-    backend = os.environ.get("DRS_TEST_DB", "sqlite").strip().lower() or "sqlite"
-    if backend != "postgres":
-        yield {"DRS_TEST_DB": "sqlite", "DRS_MW_SQLITE": str(tmp_path / "mw.sqlite3")}
-        return
-    import psycopg
-
-    params: dict[str, Any] = {
-        "host": os.environ.get("DRS_TEST_PG_HOST", "127.0.0.1"),
-        "port": os.environ.get("DRS_TEST_PG_PORT", "5432"),
-        "user": os.environ.get("DRS_TEST_PG_USER", "postgres"),
-        "password": os.environ.get("DRS_TEST_PG_PASSWORD", ""),
-        "dbname": "postgres",
-        "autocommit": True,
-    }
-    with psycopg.connect(**params) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {PG_NAME}")
-    try:
-        yield {"DRS_TEST_DB": "postgres", "DRS_MW_PG_NAME": PG_NAME}
-    finally:
-        with psycopg.connect(**params) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {PG_NAME} WITH (FORCE)")
+    with site_database(tmp_path, PG_NAME) as env:
+        yield env
 
 
 @pytest.fixture
 def mw_server(
     fault_redis: RedisServer, mw_database: dict[str, str], tmp_path: Path
 ) -> Iterator[Server]:
-    env = {
-        **os.environ,
-        **mw_database,
-        "DJANGO_SETTINGS_MODULE": SETTINGS,
-        "DRS_TEST_REDIS_URL": fault_redis.url,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    django = [sys.executable, "-m", "django"]
-    _run([*django, "migrate", f"--settings={SETTINGS}", "--no-input", "-v", "0"], env)
+    env = site_env(mw_database, fault_redis.url)
+    django(env, "migrate", "--no-input", "-v", "0")
     create = (
         "from django.contrib.auth.models import User\n"
         f"for name in {USERS!r}:\n"
         f"    User.objects.create_user(name, password={PASSWORD!r})\n"
     )
-    _run([*django, "shell", f"--settings={SETTINGS}", "-c", create], env)
-
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "gunicorn",
-                "--workers", str(WORKERS),
-                "--worker-class", "sync",
-                "--bind", f"127.0.0.1:{port}",
-                "--timeout", "30",
-                "--graceful-timeout", "3",
-                "--log-level", "warning",
-                "tests.mw_wsgi:application",
-            ],
-            env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_pdeathsig,
-        )  # fmt: skip
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, f"gunicorn exited:\n{server.log_tail()}"
-            # A worker still importing Django holds accepted connections: keep trying.
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(server.url + "/whoami/", timeout=5).status_code == 200:
-                    server.workers = _children(process.pid)
-                    if len(server.workers) == WORKERS:
-                        break
-            assert time.monotonic() < deadline, f"gunicorn never answered:\n{server.log_tail()}"
-            time.sleep(0.05)
+    django(env, "shell", "-c", create)
+    with gunicorn_site(env, tmp_path, workers=WORKERS) as server:
         yield server
-    finally:
-        server.workers |= _children(process.pid)
-        _stop(process, server.workers)
-    assert process.returncode is not None
-    leftovers = [pid for pid in server.workers if _alive(pid)]
-    assert leftovers == [], f"gunicorn workers left behind: {leftovers}"
 
 
 # -- the clients --------------------------------------------------------------------------

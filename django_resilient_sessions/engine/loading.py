@@ -19,6 +19,7 @@ from .. import (
     lifecycle,
     purges,
     signals,
+    tracing,
     tracking,
     trust,
 )
@@ -42,6 +43,15 @@ class Loading(StoreState):
     """Which copy of a session serves a request, and what is written back."""
 
     def load(self) -> dict[str, Any]:
+        """The session's data from the copy that may serve it (``loads`` metric, span)."""
+        with tracing.span("session.load") as span:
+            data = self._load()
+            source = (self.source or "none") if self.session_key is not None else "none"
+            health.count("loads", label=source)
+            tracing.annotate(span, source=source, degraded=self.degraded)
+            return data
+
+    def _load(self) -> dict[str, Any]:
         self._loaded = True
         purges.check_if_due(self._cache)
         key_hash = self.key_hash
@@ -114,7 +124,7 @@ class Loading(StoreState):
             self._refuse(key_hash, decision.reason, path)
         elif decision.reason == trust.ROLLBACK:
             security_logger.warning("Session backup refused: %s.", decision.reason)
-            health.count("backups_rejected")
+            health.count("backups_rejected", label="rollback")
         if decision.purge:
             self._purge(key_hash)
         self.keep_cookie = decision.keep_cookies
@@ -251,7 +261,7 @@ class Loading(StoreState):
             security_logger.warning("Backup of an ended or revoked session refused.")
         # (an invalid backup was logged by the codec)
         self.backup_rejected = True
-        health.count("backups_rejected")
+        health.count("backups_rejected", label=REJECTIONS.get(reason, "invalid"))
         if reason != "invalid":
             send(signals.backup_rejected, type(self), key_hash=key_hash, reason=path)
 
@@ -268,6 +278,13 @@ class Loading(StoreState):
 
     # Logins ----------------------------------------------------------------
 
+
+#: The ``reason`` label of a refused backup, by the trust decision's reason (else "invalid").
+REJECTIONS = {
+    trust.ENDED: "ended",
+    trust.ROW_ENDED: "ended",
+    trust.ROW_MISSING: "no_ledger_row",
+}
 
 #: How a backup came to be looked at, by the state of the Redis copy (signals, metrics).
 PATHS = {

@@ -20,6 +20,7 @@ from .. import (
     ledger,
     lifecycle,
     signals,
+    tracing,
     trust,
 )
 from ..cachecopy import Entry
@@ -56,6 +57,21 @@ class Saving(Logins):
         self._save(must_create=must_create, record=True)
 
     def _save(self, *, must_create: bool, record: bool) -> None:
+        """Save both copies, counted by where the newest went (``saves`` metric, span)."""
+        with tracing.span("session.save") as span:
+            copy = "none"
+            try:
+                copy = self._save_copies(must_create=must_create, record=record)
+            except CreateError:
+                copy = ""  # a key collision: create() tries another key
+                raise
+            finally:
+                if copy:
+                    health.count("saves", label=copy)
+                    tracing.annotate(span, copy=copy, degraded=self.degraded)
+
+    def _save_copies(self, *, must_create: bool, record: bool) -> str:
+        """Write the copies; returns where the newest went: "cache", "backup" or "none"."""
         data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
         if self.session_key is None:
             raise UpdateError  # the load found no such session: nothing to update (as Django)
@@ -87,7 +103,7 @@ class Saving(Logins):
             row = self._ledger_before_write(data, version, now, expires_at, must=decision.ask)
             decision = plan(cache, row)
             if not self._carry_out_save(decision, data):
-                return
+                return "none"
             recorded = row is Row.ACTIVE
         backup_only = decision.write is Write.NONE
         if decision.cap_ttl:
@@ -118,7 +134,7 @@ class Saving(Logins):
             except Ended:
                 export.forget(self.session_key)  # ended meanwhile: no copy to keep either
                 if not self._carry_out_save(plan(Cache.TOMBSTONED, Row.NOT_ASKED), data):
-                    return
+                    return "none"
             if not (stored or maybe):
                 sealed = self._seal(backup, version, self._base, packed)
         if not stored and record and not recorded and self._tracked_login(data):
@@ -126,7 +142,7 @@ class Saving(Logins):
             # login, and its row must say so, or an older backup could win.
             decision = plan(Cache.UNREACHABLE, self._record_version(key_hash, data, version))
             if not self._carry_out_save(decision, data):
-                return
+                return "none"
             if decision.end_login:
                 sealed = self._seal(data, version, self._base)
         self._version = version
@@ -135,6 +151,7 @@ class Saving(Logins):
             self._base = version
         self._parent = tag_of(sealed)
         self._record(sealed, key_hash)
+        return "cache" if stored else "backup" if sealed is not None else "none"
 
     def _carry_out_save(self, decision: trust.Decision, data: dict[str, Any]) -> bool:
         """Act on a save decision; ``False`` when the save stops here."""

@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from django_resilient_sessions import views as operations
 from tests.testapp import views
 
 urlpatterns = [
@@ -17,4 +18,6 @@ urlpatterns = [
     path("typed/", views.typed),
     path("admin/", admin.site.urls),
     path("account/sessions/", include("django_resilient_sessions.urls")),
+    path("-/health/", operations.health, name="health"),
+    path("-/metrics/", operations.metrics, name="metrics"),
 ]

@@ -1,20 +1,42 @@
-"""``manage.py sessionstats [--json]``: sessions, users, devices, cache health."""
+"""``manage.py sessionstats [--json] [--check]``: sessions, users, devices, cache health.
+
+``--check`` prints one status line and exits 0 (ok), 1 (degraded) or 2 (down),
+for cron and Nagios-style checks: see :mod:`django_resilient_sessions.status`.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db.models import Avg, Count, Max
 
+from ... import recent, status
 from ...breaker import get_breaker
 from ...cachecopy import SessionCache
+from ...conf import conf
+from ...exceptions import LedgerUnavailable
 from ...models import PendingPurge, UserSession
 
+EXIT_CODES = {status.OK: 0, status.DEGRADED: 1, status.DOWN: 2}
 
-def collect() -> dict[str, Any]:
+
+def served_from_backups(minutes: int | None = None) -> dict[str, Any]:
+    """The "served from backups in the last N minutes" figure (count None: unknown)."""
+    minutes = minutes or conf.BACKUP_LOADS_WINDOW or 15
+    count: int | None = None
+    if conf.BACKUP_LOADS_WINDOW is not None:
+        try:
+            count = recent.backup_loads(minutes)
+        except LedgerUnavailable:
+            count = None
+    return {"minutes": minutes, "loads": count, "covers": "every process sharing the database"}
+
+
+def collect(minutes: int | None = None) -> dict[str, Any]:
     active = UserSession.objects.active()
     per_user = (
         active.values("user")
@@ -43,6 +65,7 @@ def collect() -> dict[str, Any]:
         },
         "by_device": {kind or "unknown": n for kind, n in devices.items()},
         "pending_purges": PendingPurge.objects.count(),
+        "served_from_backups": served_from_backups(minutes),
         "cache": {
             "alias": alias,
             "breaker": get_breaker(alias).state,
@@ -56,12 +79,32 @@ def collect() -> dict[str, Any]:
 
 class Command(BaseCommand):
     help = "Show active sessions, users, devices and the session cache's health."
+    # --check reports a misconfiguration as "down" (exit 2) instead of failing the checks.
+    requires_system_checks: list[str] = []  # noqa: RUF012  # as Django's own attribute
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON for machines")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="print one status line and exit 0 (ok), 1 (degraded) or 2 (down)",
+        )
+        parser.add_argument(
+            "--minutes",
+            type=int,
+            help="window of the served-from-backups figure (default: BACKUP_LOADS_WINDOW)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stats = collect()
+        if options["check"]:
+            report = status.check(live=True)
+            self.stdout.write(report.line())
+            code = EXIT_CODES[report.status]
+            if code:
+                sys.exit(code)
+            return
+        self.check()
+        stats = collect(options["minutes"])
         if options["json"]:
             self.stdout.write(json.dumps(stats, indent=2))
             return
@@ -85,4 +128,11 @@ class Command(BaseCommand):
                 lines.append(
                     f"  node {node['name']}: breaker {node['breaker']}, round trip {shown}"
                 )
+        lines.append(_backups_line(stats["served_from_backups"]))
         self.stdout.write("\n".join(lines))
+
+
+def _backups_line(figure: dict[str, Any]) -> str:
+    loads = figure["loads"]
+    shown = "unknown" if loads is None else f"{loads} session loads (all processes)"
+    return f"From backups:      {shown} in the last {figure['minutes']} min"
