@@ -207,6 +207,7 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
     health.count("sessions_adopted")
     logger.info("Session adopted from %s%s.", previous.engine(), " (a login)" * recorded)
     store._session_key = new_key
+    store.adopted_new_key = new_key != old_key
     data = store._use(VERSION, VERSION if written else 0, data, "adopted", in_cache=written)
     store._parent = ADOPTED_TAG if written else store._parent
     if recorded:

@@ -21,8 +21,10 @@ from django.contrib.sessions.models import Session
 from django.core.cache import caches
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
+from django.urls import path
 from django.utils import timezone
 
 from django_resilient_sessions import trust
@@ -32,6 +34,7 @@ from tests import adoption_engines
 from tests.adoption_site import CACHE, DB, SIGNED, previous_site, resilient_site
 from tests.faults import LedgerFaults
 from tests.redis_server import RedisServer
+from tests.testapp import urls as testapp_urls
 from tests.web import (
     BACKUP_COOKIE,
     PASSWORD,
@@ -224,6 +227,32 @@ def test_the_rules_for_a_backup_that_does_not_open() -> None:
     assert (unreadable.serve, unreadable.keep_cookies) == (Serve.NOTHING, True)
     down = trust.decide(Cache.UNREACHABLE, Backup.INVALID, False, Row.MISSING, adoptable=True)
     assert (down.serve, down.keep_cookies) == (Serve.ADOPT, True)
+
+
+# A failed response -----------------------------------------------------------------------------
+
+
+def broken(request: HttpRequest) -> HttpResponse:
+    """A view with a bug, after it read the session."""
+    request.session.get("cart")
+    raise RuntimeError("a bug in a view")
+
+
+urlpatterns = [path("broken/", broken), *testapp_urls.urlpatterns]
+
+
+@pytest.mark.parametrize("engine", (DB, SIGNED))
+def test_an_adopting_request_that_fails_does_not_cost_the_session(engine: str) -> None:
+    """The first request after the switch meets a bug (HTTP 500: nothing is saved, as in
+    Django).  A signed cookie was adopted under a new key all the same, and its old value
+    is refused from now on: the new key must reach the browser."""
+    alice = log_in_on(engine, "alice", cart="3 apples")
+    with resilient_site(engine), override_settings(ROOT_URLCONF=__name__):
+        alice = moved(alice)
+        alice.raise_request_exception = False
+        assert alice.get("/broken/").status_code == 500
+        assert state(alice) == {"user": "alice", "degraded": False, "data": {"cart": "3 apples"}}
+    assert UserSession.objects.active().count() == 1
 
 
 # Garbage in the previous store ----------------------------------------------------------------
