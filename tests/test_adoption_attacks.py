@@ -31,6 +31,7 @@ from django_resilient_sessions import trust
 from django_resilient_sessions.models import AdoptedSession, UserSession
 from django_resilient_sessions.trust import Backup, Cache, Row, Serve
 from tests import adoption_engines
+from tests.adoption_seed import make_users, seed_table
 from tests.adoption_site import CACHE, DB, SIGNED, previous_site, resilient_site
 from tests.faults import LedgerFaults
 from tests.redis_server import RedisServer
@@ -471,3 +472,24 @@ def test_revoking_a_users_sessions_reaches_those_not_adopted_yet() -> None:
         call_command("revokesessions", "alice", stdout=io.StringIO())
         assert state(laptop)["user"] is None
         assert state(moved(stolen))["user"] is None
+
+
+def test_adoptsessions_stopped_between_its_commit_and_the_old_stores_delete_resumes() -> None:
+    """The batch is adopted, then the old store's DELETE fails: the run stops with a
+    message; --dry-run then counts them as already adopted, and the next run removes them
+    from the old store without adopting anything twice."""
+    users = make_users(4)
+    seed_table(30, users)
+    with resilient_site(DB):
+        with LedgerFaults(tables=["django_session"]) as ledger:
+            fault = ledger.fail_when(lambda sql, params: sql.startswith("DELETE"))
+            assert command_error("adoptsessions", "--batch-size", "10").startswith("Stopped: ")
+        assert fault.fired
+        assert AdoptedSession.objects.count() == 10 and Session.objects.count() == 30
+        assert adoptsessions("--dry-run").endswith(
+            "30 live, 0 expired or empty, 10 already adopted."
+        )
+        assert adoptsessions().startswith("Sessions adopted: 20 (")
+        assert adoptsessions().startswith("Sessions adopted: 0 (0 logged in, 0 anonymous); 0 live")
+    assert AdoptedSession.objects.count() == 30 and not Session.objects.exists()
+    assert UserSession.objects.count() == 15
