@@ -493,3 +493,17 @@ def test_adoptsessions_stopped_between_its_commit_and_the_old_stores_delete_resu
         assert adoptsessions().startswith("Sessions adopted: 0 (0 logged in, 0 anonymous); 0 live")
     assert AdoptedSession.objects.count() == 30 and not Session.objects.exists()
     assert UserSession.objects.count() == 15
+
+
+def test_an_adopted_signed_cookie_replayed_with_redis_or_the_database_down(
+    fault_redis: RedisServer,
+) -> None:
+    alice = log_in_on(SIGNED, "alice", cart="3 apples")
+    old = {SESSION_COOKIE: cookie(alice, SESSION_COOKIE)}
+    with resilient_site(SIGNED):
+        assert state(moved(alice))["user"] == "alice"
+        with table_unavailable(UserSession):
+            assert state(replay(old)) == {"user": None, "degraded": False, "data": {}}
+        fault_redis.kill()
+        assert state(replay(old)) == {"user": None, "degraded": True, "data": {}}
+    assert AdoptedSession.objects.count() == 1 and UserSession.objects.count() == 1
