@@ -6,8 +6,9 @@ previous engine (:mod:`.previous`).  If that engine keeps a live session under
 it, the session is taken over:
 
 1. its login, if any, is resolved as ``django.contrib.auth.get_user()`` would
-   (a backend no longer in ``AUTHENTICATION_BACKENDS`` or a deleted user drops
-   the login, as Django would);
+   (a backend no longer in ``AUTHENTICATION_BACKENDS``, a deleted or inactive
+   user, or a session auth hash that no longer matches, after a password
+   change, drops the login, as Django would);
 2. in one transaction: an :class:`~.models.AdoptedSession` record (unique on
    the key's hash: of two requests adopting it at once, the second fails here
    and loads again what the first adopted), the login's ``UserSession`` row
@@ -39,6 +40,7 @@ from django.contrib.auth import (
 )
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
+from django.utils.crypto import constant_time_compare
 
 from . import engines, health, ledger, lifecycle, previous, tracking
 from .cachecopy import CacheRead, Entry, hash_key
@@ -60,6 +62,10 @@ logger = logging.getLogger("django_resilient_sessions")
 ADOPTED_TAG = b"adopted\x00\x00\x00\x00\x00"
 #: The version an adopted session starts at (its row's backup version too).
 VERSION = 1
+#: Seconds after an adoption during which a request that finds the key adopted
+#: by another is taken to be racing it (whose response sets the cookies): its own
+#: cookies are left alone.  Later, the key is merely dead, and is forgotten.
+RACE_SECONDS = 60
 
 
 class _Taken(Exception):
@@ -74,7 +80,8 @@ def resolve_user(data: dict[str, Any]) -> Any:
     """The user the login in ``data`` stands for, as Django's ``get_user()`` finds it.
 
     ``None``: no login, or one Django would not honour (its backend is no longer
-    configured, its user is gone or inactive).  A database that fails raises
+    configured, its user is gone or inactive, its session auth hash is no longer
+    the user's: see :func:`verified`).  A database that fails raises
     ``LedgerUnavailable``: the login cannot be checked, so nothing is adopted.
     """
     user_id, path = data.get(SESSION_KEY), data.get(BACKEND_SESSION_KEY)
@@ -82,11 +89,57 @@ def resolve_user(data: dict[str, Any]) -> Any:
         return None
     try:
         pk = get_user_model()._meta.pk.to_python(user_id)
-        return load_backend(str(path)).get_user(pk)
+        user = load_backend(str(path)).get_user(pk)
     except (ValidationError, ValueError, TypeError):
         return None  # an id that is no user's
     except DatabaseError as error:
         raise LedgerUnavailable(f"the user of an adopted session: {error}") from error
+    return user if user is not None and verified(user, data) else None
+
+
+def verified(user: Any, data: dict[str, Any]) -> bool:
+    """Does the session auth hash in ``data`` still vouch for ``user``?
+
+    As ``get_user()`` checks it at every request: a login made before a password
+    change (or without a hash, for a user model that has one) is not one.  A hash
+    made with a ``SECRET_KEY_FALLBACKS`` key is accepted and replaced in ``data``
+    by the current one, as Django does.  Checked before the login is recorded, so
+    a stale session never takes a place in the ledger (nor, under
+    ``MAX_SESSIONS_PER_USER``, evicts a live one).
+    """
+    if not hasattr(user, "get_session_auth_hash"):
+        return True
+    stored = str(data.get(HASH_SESSION_KEY) or "")
+    current = user.get_session_auth_hash()
+    if stored and constant_time_compare(stored, current):
+        return True
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", lambda: ())()
+    if stored and any(constant_time_compare(stored, other) for other in fallbacks):
+        data[HASH_SESSION_KEY] = current
+        return True
+    logger.warning(
+        "A session of the previous engine was adopted without its login: its "
+        "session auth hash is no longer the user's (a password change)."
+    )
+    return False
+
+
+def expiry_age(store: Any, data: dict[str, Any]) -> int:
+    """Seconds an adopted session has left by its ``set_expiry()`` choice.
+
+    A ``_session_expiry`` Django cannot read (garbage in the old store) is
+    dropped, with a warning: the default age applies, rather than every later
+    save of the session failing.
+    """
+    try:
+        age = store.get_expiry_age(expiry=data.get("_session_expiry"))
+        if isinstance(age, int | float) and not isinstance(age, bool):
+            return int(age)
+    except (ValueError, TypeError, OverflowError):
+        pass  # an unreadable value: dropped below
+    logger.warning("An adopted session's _session_expiry was unreadable and was dropped.")
+    data.pop("_session_expiry", None)
+    return int(store.get_session_cookie_age())
 
 
 def storable(data: dict[str, Any], serializer: Any) -> dict[str, Any]:
@@ -134,10 +187,10 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
         return None
     if found is None:
         # Adopted by a concurrent request meanwhile (and gone from the store)?
-        adopted = _adopted(old_hash)
+        adopted = _adopted_at(old_hash)
         if adopted is None:
             store.keep_cookie = True  # cannot tell
-        return _load_again(store) if adopted else None
+        return _load_again(store, adopted) if adopted else None
     signed = engines.kind_of(engines.store_class(previous.engine())) == engines.SIGNED
     new_key = store._get_new_session_key() if signed else old_key
     data = storable(dict(found.data), store.serializer)
@@ -145,7 +198,7 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
         user = resolve_user(data)
         recorded, written = _commit(store, old_hash, hash_key(new_key), data, user, read)
     except _Taken:
-        return _load_again(store)
+        return _load_again(store, _adopted_at(old_hash))
     except LedgerUnavailable as error:
         logger.warning("A session of the previous engine was not adopted: %s", error)
         store.keep_cookie = True
@@ -154,6 +207,7 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
     health.count("sessions_adopted")
     logger.info("Session adopted from %s%s.", previous.engine(), " (a login)" * recorded)
     store._session_key = new_key
+    store.adopted_new_key = new_key != old_key
     data = store._use(VERSION, VERSION if written else 0, data, "adopted", in_cache=written)
     store._parent = ADOPTED_TAG if written else store._parent
     if recorded:
@@ -171,7 +225,7 @@ def _commit(
     that cannot be kept (no user, or refused by the session limit).
     """
     now = time.time()
-    expires_at = now + store.get_expiry_age(expiry=data.get("_session_expiry"))
+    expires_at = now + expiry_age(store, data)
     evicted: list[str] = []
     recorded = written = False
     try:
@@ -237,17 +291,30 @@ def _undo(store: Loading, key_hash: str) -> None:
         logger.error("An adoption failed, and its Redis copy could not be removed.")
 
 
-def _adopted(key_hash: str) -> bool | None:
-    """Was this key adopted already?  ``None``: the database cannot tell."""
+def _adopted_at(key_hash: str) -> float | None:
+    """When this key was adopted (unix time; 0.0: never).  ``None``: the database
+    cannot tell."""
     try:
-        return bool(AdoptedSession.objects.filter(key_hash=key_hash).exists())
+        when = (
+            AdoptedSession.objects.filter(key_hash=key_hash)
+            .values_list("adopted_at", flat=True)
+            .first()
+        )
     except DatabaseError:
         return None
+    return 0.0 if when is None else when.timestamp()
 
 
-def _load_again(store: Loading) -> dict[str, Any]:
-    """Serve what a concurrent request adopted (never adopt twice)."""
+def _load_again(store: Loading, adopted_at: float | None) -> dict[str, Any]:
+    """Serve what another request adopted (never adopt twice).
+
+    Within :data:`RACE_SECONDS` of that adoption (or when the database cannot
+    say when it was), the other request may still be on its way: its response
+    sets the cookies, so this one leaves them alone.  Later, a key that serves
+    nothing is a dead one, forgotten as any unknown key is.
+    """
     store._adoption_done = True
     data = store.load()
-    store.keep_cookie = True  # the other request's response sets the cookies
+    if adopted_at is None or time.time() - adopted_at < RACE_SECONDS:
+        store.keep_cookie = True
     return data

@@ -31,23 +31,43 @@ from django.contrib.auth import (
     load_backend,
 )
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from . import engines, ledger, lifecycle, previous, tracking
-from .adoption import ADOPTED_TAG, VERSION, resolve_user, storable
+from .adoption import ADOPTED_TAG, VERSION, expiry_age, resolve_user, storable, verified
 from .cachecopy import Entry, SessionCache, hash_key
 from .conf import UNTRACKED_KEY, conf
 from .dbaccess import db, when
-from .exceptions import CacheUnavailable
+from .exceptions import CacheUnavailable, LedgerUnavailable
 from .models import AdoptedSession, UserSession
 
-__all__ = ["Counts", "Item", "NotSupported", "adopt_all"]
+__all__ = ["STORE_ERRORS", "Counts", "Item", "NotSupported", "adopt_all"]
 
 
 class NotSupported(Exception):
     """The previous store cannot be listed (the message says why)."""
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    from redis.exceptions import RedisError
+
+    errors: list[type[Exception]] = [CacheUnavailable, LedgerUnavailable, DatabaseError, RedisError]
+    try:
+        from django_redis.exceptions import ConnectionInterrupted
+    except ImportError:  # django-redis is optional
+        pass
+    else:
+        errors.append(ConnectionInterrupted)
+    return tuple(errors)
+
+
+#: What a store that does not answer raises as the commands read and write it in
+#: bulk (the database, redis-py, django-redis, and this package's own): they stop
+#: with a message, what was done stays done.
+STORE_ERRORS = _store_errors()
 
 
 @dataclass
@@ -168,7 +188,10 @@ def _cache_batch(cache: Any, client: Any, made: str, prefix: str, raw_keys: list
 
 
 def users_of(items: list[Item]) -> dict[str, Any]:
-    """The user each login stands for (``resolve_user``), model backends in one query."""
+    """The user each login stands for (``resolve_user``), model backends in one query.
+
+    Sessions without a login Django would honour are left out.
+    """
     users: dict[str, Any] = {}
     by_pk: dict[Any, list[Item]] = {}
     model = get_user_model()
@@ -183,12 +206,14 @@ def users_of(items: list[Item]) -> dict[str, Any]:
             except Exception:  # an id that is no user's (ValidationError and the like)
                 continue
         else:
-            users[item.key] = resolve_user(item.data)
+            user = resolve_user(item.data)
+            if user is not None:
+                users[item.key] = user
     found = model._default_manager.in_bulk(list(by_pk))
     for pk, user in found.items():
         for item in by_pk[pk]:
             backend = load_backend(str(item.data[BACKEND_SESSION_KEY]))
-            if backend.user_can_authenticate(user):  # type: ignore[attr-defined]
+            if backend.user_can_authenticate(user) and verified(user, item.data):  # type: ignore[attr-defined]
                 users[item.key] = user
     return users
 
@@ -228,8 +253,10 @@ def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
 def _commit(items: list[Item], users: dict[str, Any]) -> None:
     """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it."""
     cache = SessionCache()
+    probe = SessionBase()
     for item in items:
         item.data = storable(item.data, cache.serializer)
+        expiry_age(probe, item.data)  # (drops a _session_expiry Django cannot read)
     now = time.time()
     evicted: list[str] = []
     rows: list[UserSession] = []

@@ -116,6 +116,12 @@ class SessionMiddleware(DjangoSessionMiddleware):
             if not getattr(session, "keep_cookie", False):
                 self._delete(response, [settings.SESSION_COOKIE_NAME] * had_cookie + sent)
             need_vary = accessed or had_cookie
+        elif failed and getattr(session, "adopted_new_key", False):
+            # Adopted under a new key, whose old cookie is refused from now on: the
+            # key must reach the browser, although nothing of a failed response is
+            # saved (the adopted copy is in Redis already).
+            self._set_key(response, session)
+            need_vary = True
         elif not (modified or renew or settings.SESSION_SAVE_EVERY_REQUEST) or failed:
             # Like Django: nothing to save, or no save for a failed response.
             need_vary = accessed
@@ -134,11 +140,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
     def _save(
         self, request: HttpRequest, response: HttpResponseBase, session: Any, sent: list[str]
     ) -> None:
-        if session.get_expire_at_browser_close():
-            max_age, expires = None, None
-        else:
-            max_age = session.get_expiry_age()
-            expires = http_date(time.time() + max_age)
+        flags = self._flags(session)
         try:
             session.save()
         except UpdateError:
@@ -148,7 +150,23 @@ class SessionMiddleware(DjangoSessionMiddleware):
             ) from None
         if getattr(session, "interrupted", False):
             return  # a renewal of a session ended meanwhile: nothing to set
-        flags: dict[str, Any] = {
+        self._set_key(response, session, flags)
+        sealed = getattr(session, "sealed", None)
+        chunks = cookies.split_token(sealed.token) if sealed else []
+        names = cookies.chunk_names(len(chunks))
+        for name, chunk in zip(names, chunks, strict=True):
+            response.set_cookie(name, chunk, httponly=True, **flags)
+        self._delete(response, [name for name in sent if name not in names])
+
+    @staticmethod
+    def _flags(session: Any) -> dict[str, Any]:
+        """The session cookies' attributes (expiry computed before the save, as Django)."""
+        if session.get_expire_at_browser_close():
+            max_age, expires = None, None
+        else:
+            max_age = session.get_expiry_age()
+            expires = http_date(time.time() + max_age)
+        return {
             "max_age": max_age,
             "expires": expires,
             "domain": settings.SESSION_COOKIE_DOMAIN,
@@ -156,18 +174,16 @@ class SessionMiddleware(DjangoSessionMiddleware):
             "secure": settings.SESSION_COOKIE_SECURE or None,
             "samesite": settings.SESSION_COOKIE_SAMESITE,
         }
+
+    def _set_key(
+        self, response: HttpResponseBase, session: Any, flags: dict[str, Any] | None = None
+    ) -> None:
         response.set_cookie(
             settings.SESSION_COOKIE_NAME,
             session.session_key,
             httponly=settings.SESSION_COOKIE_HTTPONLY,
-            **flags,
+            **(flags if flags is not None else self._flags(session)),
         )
-        sealed = getattr(session, "sealed", None)
-        chunks = cookies.split_token(sealed.token) if sealed else []
-        names = cookies.chunk_names(len(chunks))
-        for name, chunk in zip(names, chunks, strict=True):
-            response.set_cookie(name, chunk, httponly=True, **flags)
-        self._delete(response, [name for name in sent if name not in names])
 
     @staticmethod
     def _delete(response: HttpResponseBase, names: list[str]) -> None:

@@ -69,7 +69,7 @@ def lookup(session_key: str, *, cache_reachable: bool = True) -> Found | None:
             if not cache_reachable:
                 raise PreviousUnavailable("the session cache does not answer")
             return _from_cache(old, session_key)
-        data = old.load()
+        data: Any = old.load()  # foreign code: not always the dict it should be
     except PreviousUnavailable:
         raise
     # The previous store is foreign code over a database, a cache or a cookie:
@@ -77,6 +77,9 @@ def lookup(session_key: str, *, cache_reachable: bool = True) -> Found | None:
     except Exception as error:
         logger.warning("The previous session engine could not be read: %r", error)
         raise PreviousUnavailable(str(error)) from error
+    if not isinstance(data, dict):
+        logger.warning("The previous session engine's load() gave a %s: ignored.", type(data))
+        return None
     return Found(dict(data)) if data else None
 
 

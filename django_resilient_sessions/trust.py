@@ -264,9 +264,16 @@ def _load(
         keep = cache is Cache.UNREACHABLE or (adoptable and row is Row.UNREADABLE)
         return Decision(Serve.NOTHING, keep_cookies=keep, reason=reason)
     if backup is Backup.INVALID:
-        return Decision(
-            Serve.NOTHING, reject=True, keep_cookies=cache is Cache.UNREACHABLE, reason="no copy"
-        )
+        if adoptable and row is Row.NOT_ASKED:
+            return _ASK  # a backup that does not open is no copy: the key may be adoptable
+        if adoptable and row is Row.MISSING:
+            # (A backup cookie left by an earlier trial of this engine, under another key,
+            # must not cost the user the session the previous engine keeps.)
+            return Decision(
+                Serve.ADOPT, reject=True, keep_cookies=cache is Cache.UNREACHABLE, reason=ADOPT
+            )
+        keep = cache is Cache.UNREACHABLE or (adoptable and row is Row.UNREADABLE)
+        return Decision(Serve.NOTHING, reject=True, keep_cookies=keep, reason="no copy")
     return _use_backup(write, login, row, fail_closed, fallback=_KEEP_AND_SERVE_NOTHING)
 
 

@@ -62,10 +62,12 @@ class Loading(StoreState):
             read = CacheRead(Cache.UNREACHABLE)
         backup, state = self._backup_against(read)
         login = backup is not None and SESSION_KEY in backup.data
-        decision = trust.decide(read.state, state, login, fail_closed=conf.FAIL_CLOSED)
+        adoptable = adoption.enabled() and not self._adoption_done
+        decision = trust.decide(
+            read.state, state, login, fail_closed=conf.FAIL_CLOSED, adoptable=adoptable
+        )
         if decision.ask:
             row = self._row(key_hash, backup)
-            adoptable = adoption.enabled() and not self._adoption_done
             decision = trust.decide(
                 read.state, state, login, row, fail_closed=conf.FAIL_CLOSED, adoptable=adoptable
             )

@@ -59,6 +59,9 @@ class StoreState(SessionBase):
         self.needs_backup = False
         #: Leave the cookies alone although the session is empty.
         self.keep_cookie = False
+        #: Adopted under a new key (a signed cookie, refused from now on): the new key
+        #: must reach the browser even with a failed response (see the middleware).
+        self.adopted_new_key = False
         #: A renewal found the session ended meanwhile: the middleware sets nothing.
         self.interrupted = False
         self._version = 0  # of the copy in hand

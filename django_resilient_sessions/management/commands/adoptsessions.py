@@ -13,7 +13,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ... import bulkadoption
 from ...checks import ENGINE
 from ...conf import conf
-from ...exceptions import CacheUnavailable, LedgerUnavailable
 
 #: Seconds between two progress lines when the output is not a terminal.
 LINE_EVERY = 10.0
@@ -56,7 +55,7 @@ class Command(BaseCommand):
             counts = bulkadoption.adopt_all(size, dry_run=dry_run, progress=bar)
         except (bulkadoption.NotSupported, ImproperlyConfigured) as error:
             raise CommandError(str(error)) from error
-        except (CacheUnavailable, LedgerUnavailable) as error:
+        except bulkadoption.STORE_ERRORS as error:
             bar.done()
             raise CommandError(
                 f"Stopped: {error!r}. What was adopted stays adopted; run the command "

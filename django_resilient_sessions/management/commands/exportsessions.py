@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import export
-from ...bulkadoption import NotSupported
+from ... import engines, export
+from ...bulkadoption import STORE_ERRORS, NotSupported
 from ...conf import conf
-from ...exceptions import CacheUnavailable
 
 
 class Command(BaseCommand):
@@ -46,16 +46,23 @@ class Command(BaseCommand):
                 "set it, deploy, and let requests mirror their sessions first.",
                 returncode=2,
             )
+        unusable = engines.problem(engine, export=True)
+        if unusable is not None:
+            raise CommandError(f"RESILIENT_SESSIONS['EXPORT_TO'] is {engine!r}: {unusable}")
         pruned = 0
-        if not options["no_prune"]:
-            try:
-                pruned = export.prune()
-            except NotSupported as error:
-                self.stderr.write(f"Ended logins not removed from {engine}: {error}")
         try:
+            if not options["no_prune"]:
+                try:
+                    pruned = export.prune()
+                except NotSupported as error:
+                    self.stderr.write(f"Ended logins not removed from {engine}: {error}")
             found = export.report()
-        except CacheUnavailable as error:
-            raise CommandError(f"Redis does not answer: {error!r}") from error
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from error
+        except STORE_ERRORS as error:
+            raise CommandError(
+                f"Stopped: {error!r}. Run the command again once Redis and the database answer."
+            ) from error
         total = found.mirrored + found.missing
         lines = [
             f"Live sessions: {total}; mirrored into {engine}: {found.mirrored}; "
