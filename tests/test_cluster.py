@@ -492,3 +492,30 @@ def test_a_logout_while_a_master_is_down_stays_a_logout_after_its_replica_takes_
     assert PendingPurge.objects.count() == 0
     for person in groups[port][1:]:
         assert person.check()["degraded"] is False
+
+
+def test_a_revocation_from_a_process_that_missed_the_failover_reaches_the_new_master(
+    cluster: LocalCluster,
+) -> None:
+    """A process whose breaker for a dead master is open, and whose slot map still names
+    it, revokes a session of its slots after the replica took over (the chaos run's
+    runner, an admin's process): the tombstone must reach the promoted replica, which
+    holds the session's copy and which the other processes already trust."""
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    master = cluster.node_at(port)
+    victim = groups[port][0]
+    victim.write(1)
+    redis_key = victim.redis_key
+    cluster.kill(master)
+    victim.write(2)  # opens the dead master's breaker; this process's map still names it
+    assert f"default@{master.host}:{master.port}" in open_breakers()
+    promoted = cluster.wait_failover(master)
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(redis_key) not in (None, TOMBSTONE)  # the copy the replica holds
+    assert tracking.end([victim.key_hash], "revoked") == 1
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(redis_key) == TOMBSTONE
+    assert PendingPurge.objects.count() == 0  # done at once, not left for a drain
+    assert ok(victim.client.get("/whoami/"))["user"] is None
