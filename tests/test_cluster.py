@@ -519,3 +519,31 @@ def test_a_revocation_from_a_process_that_missed_the_failover_reaches_the_new_ma
         assert raw.get(redis_key) == TOMBSTONE
     assert PendingPurge.objects.count() == 0  # done at once, not left for a drain
     assert ok(victim.client.get("/whoami/"))["user"] is None
+
+
+def test_a_process_started_while_a_master_is_down_serves_the_other_shards(
+    cluster: LocalCluster,
+) -> None:
+    """A process started while a master is down (a new worker, an admin's shell) makes its
+    cluster client then. redis-py gives up on the first node that refuses unless it may
+    retry: the process must still reach the other shards, or its logouts and revocations
+    there would only be queued while the other processes serve those sessions from Redis."""
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    dead = cluster.node_at(port)
+    alive = [p for node_port, group in groups.items() if node_port != port for p in group]
+    cluster.kill(dead)
+    caches = dict(settings.CACHES)
+    # The dead node first in LOCATION (redis-py asks the first ones first).
+    others = [node.url for node in cluster.nodes if node is not dead]
+    caches["default"] = {**caches["default"], "LOCATION": [dead.url, *others]}
+    forget_clients()
+    reset_breakers()
+    with override_settings(CACHES=caches):  # a new process's caches
+        assert SessionCache().read(alive[0].key_hash).state.name == "PRESENT"
+        assert open_breakers() == []
+        leaving = alive[1]
+        assert tracking.end([leaving.key_hash], "revoked") == 1
+        assert raw_get(cluster, leaving.redis_key) == TOMBSTONE
+    assert PendingPurge.objects.count() == 0
