@@ -18,9 +18,9 @@ protocol, so this backend puts Django's cache API over redis-py's
 ``OPTIONS`` are redis-py's keywords for ``RedisCluster`` (they reach every
 node's connections).  Unless ``retry`` is given, a failed command is not
 retried: the session engine's per-node circuit breaker decides what happens
-next, without the waits a retry adds.  Only making the client is tried again
-(on other nodes), since its first command goes to a random one and redis-py
-gives up on the first refusal.  Reads and writes go to primaries.
+next, without the waits a retry adds.  Only making the client is tried again,
+on other nodes: its first command goes to one node, which may be a dead one.
+Reads and writes go to primaries.
 
 Multi-key calls (``get_many``, ``set_many``, ``delete_many``) are split by
 slot, so they are not atomic across slots; ``clear()`` flushes every primary.
@@ -38,9 +38,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 __all__ = ["RedisClusterCache", "RedisClusterCacheClient"]
 
-#: Attempts at making the client, per node given in LOCATION: each sends the client's
-#: first command to a random primary, so with one primary of three down (before its
-#: replica takes over) all of them fail with a chance of (1/3) ** attempts.
+#: Attempts at making the client, per node given in LOCATION. Making it sends a first
+#: command (``COMMAND``) to one node, the first given when it can, which may be a dead
+#: one: without retries redis-py gives up there; each retry picks a node again.
 CONNECT_ATTEMPTS_PER_NODE = 3
 
 _clients: dict[tuple[Any, ...], Any] = {}
@@ -106,8 +106,8 @@ class RedisClusterCacheClient(RedisCacheClient):
             if url.password:
                 options.setdefault("password", unquote(url.password))
         retry = options.pop("retry", None)
-        # Making the client sends COMMAND to a random primary, which may be a dead one:
-        # a new random node on each attempt. Then no retries at all (see the docstring).
+        # Making the client sends a first command to one node, which may be a dead one:
+        # another node on each attempt. Then no retries at all (see the docstring).
         attempts = Retry(NoBackoff(), CONNECT_ATTEMPTS_PER_NODE * len(nodes))
         client = RedisCluster(startup_nodes=nodes, retry=retry or attempts, **options)
         client.set_retry(retry or Retry(NoBackoff(), 0))
