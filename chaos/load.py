@@ -230,6 +230,7 @@ def send(
             _float(response.headers, "X-Chaos-Ms"),
             _int(response.headers, "X-Chaos-Waited"),
             _int(response.headers, "X-Chaos-Pid"),
+            response.headers.get("X-Chaos-Source", ""),
         )
     )
     if response.status_code == 503:

@@ -18,6 +18,7 @@ class Sample:
     server_ms: float | None
     waited: int  # Redis errors this request ran into (server side)
     pid: int = 0  # the worker that answered
+    source: str = ""  # the copy that served the session: cache, backup, ledger ("": none)
 
     @property
     def ms(self) -> float:
@@ -74,6 +75,17 @@ def _with_known(violations: int, known: int, key: str) -> str:
 
 def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def backup_share(samples: list[Sample]) -> float:
+    """The share of these requests whose session was served from its backup (NaN: none)."""
+    if not samples:
+        return math.nan
+    return sum(1 for s in samples if s.source == "backup") / len(samples)
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0%}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,6 +146,7 @@ class Recorder:
             "other viol.",
             "p50 ms",
             "p99 ms",
+            "from backup",
         )
         main = {ERROR, NOT_DUE_503, LOST_WRITE, ROLLBACK, LOGOUT, REPLAY}
 
@@ -162,6 +175,7 @@ class Recorder:
                 str(sum(1 for v in violations if v.kind not in main)),
                 _ms(percentile(latencies, 50)),
                 _ms(percentile(latencies, 99)),
+                _share(backup_share([s for s in samples if s.kind != "replay"])),
             )
 
         rows = [row(phase, [phase]) for phase in self.phases]
