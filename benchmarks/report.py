@@ -184,6 +184,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *_http_table(results["http"])]
     if "cleanup" in results:
         lines += ["", *_cleanup_table(results["cleanup"])]
+    if "cluster" in results:
+        from benchmarks import cluster
+
+        lines += ["", *cluster.markdown(results["cluster"])]
+    if "sizing" in results:
+        lines += ["", "Sizing measurements and model: `sizing.md` (docs/sizing.md)."]
     for note in _notes(results):
         lines += ["", note]
     if results.get("profiles"):
