@@ -100,6 +100,7 @@ class OnAlias(ops.Resilient):
 
 def run_ops(
     env: BenchEnv,
+    standalone: RedisServer,
     cluster: LocalCluster,
     *,
     reps: int,
@@ -113,7 +114,8 @@ def run_ops(
     from django_resilient_sessions.breaker import reset_breakers
 
     user = get_user_model().objects.get(pk=env.user_id())
-    caches = {**settings.CACHES, CLUSTER_ALIAS: cluster_cache(cluster.urls)}
+    default = {**settings.CACHES["default"], "LOCATION": standalone.url}
+    caches = {"default": default, CLUSTER_ALIAS: cluster_cache(cluster.urls)}
     results: list[dict[str, Any]] = []
     with override_settings(CACHES=caches, SESSION_CACHE_ALIAS="default"):
         drivers = [
@@ -152,6 +154,7 @@ def run_ops(
 
 def run_http(
     env: BenchEnv,
+    standalone: RedisServer,
     urls: dict[str, list[str]],
     plan: http.Plan,
     progress: Callable[[str], None],
@@ -159,10 +162,9 @@ def run_http(
     """The read and write views under load, per setup (``urls``: its cluster's nodes)."""
     servers: dict[tuple[str, str], http.Server] = {}
     raws: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    env.restore_redis()
     try:
         for setup in HTTP_SETUPS:
-            child = env.subprocess_env("resilient")
+            child = env.subprocess_env("resilient", standalone.url)
             if urls.get(setup):
                 child["DRS_BENCH_CLUSTER_URLS"] = ",".join(urls[setup])
             servers[("resilient", setup)] = http.start_server(
@@ -238,8 +240,16 @@ def run(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The ``cluster`` section of the results."""
-    with LocalCluster(masters=3, replicas_per_master=1) as three, one_shard() as one:
-        progress(f"  cluster: {three!r}; one-node cluster on :{one.port}")
+    with (
+        RedisServer() as standalone,
+        LocalCluster(masters=3, replicas_per_master=1) as three,
+        one_shard() as one,
+    ):
+        # Fresh servers all: what earlier sections left in the bench's redis-server (a
+        # million tombstones after the cleanup) does not weigh on one side only.
+        progress(
+            f"  cluster: {three!r}; one-node cluster :{one.port}; standalone :{standalone.port}"
+        )
         version = three.nodes[0].admin().info("server").get("redis_version", "?")
         result = {
             "topology": {
@@ -247,8 +257,12 @@ def run(
                 "replicas_per_master": 1,
                 "redis_server": str(version),
             },
-            "ops": run_ops(env, three, reps=reps, cheap_reps=cheap_reps, progress=progress),
-            "http": run_http(env, {"1 shard": [one.url], "3 shards": three.urls}, plan, progress),
+            "ops": run_ops(
+                env, standalone, three, reps=reps, cheap_reps=cheap_reps, progress=progress
+            ),
+            "http": run_http(
+                env, standalone, {"1 shard": [one.url], "3 shards": three.urls}, plan, progress
+            ),
         }
     return result
 
@@ -295,3 +309,16 @@ def markdown(cluster: dict[str, Any]) -> list[str]:
             + " |"
         )
     return lines
+
+
+def write(results: dict[str, Any], out: Path, stamp: str) -> list[Path]:
+    """``cluster.json`` and ``cluster.md`` in ``out`` (docs/benchmarks.md includes the latter),
+    so that the section can be run, and committed, on its own."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "cluster.json", out / "cluster.md"]
+    section = {"machine": results["machine"], "versions": results["versions"]}
+    paths[0].write_text(json.dumps({**section, **results["cluster"]}, indent=1) + "\n")
+    paths[1].write_text(f"Measured {stamp}.\n\n" + "\n".join(markdown(results["cluster"])) + "\n")
+    return paths

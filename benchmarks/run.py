@@ -4,9 +4,9 @@ Runs, in one go and against one private redis-server and one database, the per-o
 timings (:mod:`.ops`), the HTTP runs (:mod:`.http`), the cleanup (:mod:`.cleanup`), Redis
 Cluster against standalone Redis (:mod:`.cluster`, on private clusters of its own) and the
 sizing measurements (:mod:`.sizing`), then writes ``<out>/<UTC time>.json``,
-``<out>/latest.json``, ``<out>/latest.md``, the charts (:mod:`.report`) and, with the
-sizing section, ``<out>/sizing.json`` and ``<out>/sizing.md`` (docs/sizing.md includes
-it), and prints the Markdown.
+``<out>/latest.json``, ``<out>/latest.md``, the charts (:mod:`.report`) and, for the
+cluster and sizing sections, files of their own as well (``cluster.md``, ``sizing.md`` and
+their JSON: docs/benchmarks.md and docs/sizing.md include them), and prints the Markdown.
 
 The full run (default) writes into ``benchmarks/results/`` and takes about twelve minutes;
 ``--smoke`` uses tiny counts (50 repetitions per operation, 1 s HTTP runs of our engine
@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def render(path: Path, out: Path | None) -> int:
-    """Redraw ``latest.md`` and the charts of an earlier run (no benchmark is run)."""
+    """Redraw ``latest.md``, the charts, ``cluster.md`` and ``sizing.md`` of an earlier run
+    (no benchmark is run)."""
     results = json.loads(path.read_text())
     out = out or path.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +98,12 @@ def render(path: Path, out: Path | None) -> int:
     except ImportError as error:
         print(f"charts skipped: matplotlib is not installed ({error})")
     (out / "latest.md").write_text(report.markdown(results))
+    if "cluster" in results:
+        cluster.write(results, out, report.stamp(results))
+    if "sizing" in results:  # the model again: its assumptions may have changed
+        measured = results["sizing"]["measured"]
+        results["sizing"] = {"measured": measured, **sizing_model.model(measured)}
+        sizing_model.write(results["sizing"], out, report.stamp(results))
     print(report.markdown(results))
     print(f"wrote {out / 'latest.md'} and {', '.join(results.get('charts', []))}")
     return 0
@@ -183,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = round(time.monotonic() - clock, 1)
     name = started.strftime("%Y%m%dT%H%M%SZ") + ("-smoke" if args.smoke else "")
     paths = report.write(results, args.out, name)
+    if "cluster" in results:
+        paths += cluster.write(results, args.out, report.stamp(results))
     if "sizing" in results:
         paths += sizing_model.write(results["sizing"], args.out, report.stamp(results))
     print()
