@@ -32,9 +32,10 @@
 #                           killed, a shard down, slots resharded, a node hung, the cluster
 #                           restarted empty (python -m chaos cluster; short form in make test)
 #   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
-#   make bench              benchmarks against Django's engines (~8 min; needs PostgreSQL):
+#   make bench              benchmarks against Django's engines, Redis Cluster against standalone
+#                           Redis, the sizing measurements (~12 min; needs PostgreSQL):
 #                           writes benchmarks/results/ (JSON, latest.md, PNG charts)
-#   make bench-smoke        the same with tiny counts (~15 s), into benchmarks/results/smoke/
+#   make bench-smoke        the same with tiny counts (~1 min), into benchmarks/results/smoke/
 #   make wrk                make sure wrk is there for `make bench` (else a Python load generator)
 #   make clean              remove the venv, caches and build/test artifacts
 #
