@@ -31,10 +31,14 @@
 #   make peer-fetch         download those suites (Django's and allauth's sdists) into .cache/
 #   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
 #                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
+#   make chaos-cluster      the chaos run against a 3-master, 3-replica Redis Cluster: a master
+#                           killed, a shard down, slots resharded, a node hung, the cluster
+#                           restarted empty (python -m chaos cluster; short form in make test)
 #   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
-#   make bench              benchmarks against Django's engines (~8 min; needs PostgreSQL):
+#   make bench              benchmarks against Django's engines, Redis Cluster against standalone
+#                           Redis, the sizing measurements (~12 min; needs PostgreSQL):
 #                           writes benchmarks/results/ (JSON, latest.md, PNG charts)
-#   make bench-smoke        the same with tiny counts (~15 s), into benchmarks/results/smoke/
+#   make bench-smoke        the same with tiny counts (~1 min), into benchmarks/results/smoke/
 #   make wrk                make sure wrk is there for `make bench` (else a Python load generator)
 #   make clean              remove the venv, caches and build/test artifacts
 #
@@ -74,7 +78,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 
 .PHONY: help venv redis chromium demo lint docs messages gettext test test-sqlite test-postgres \
 	test-django-suite test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench \
-	bench-smoke wrk chaos fuzz clean test-adoption
+	bench-smoke wrk chaos chaos-cluster fuzz clean test-adoption
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -252,6 +256,7 @@ test-django42: $(STAMP42) redis
 	@mkdir -p $(ARTIFACTS)
 	DRS_TEST_DB=sqlite $(VENV42)/bin/pytest -p no:cacheprovider \
 		--ignore=tests/e2e --ignore=tests/test_multiworker.py --ignore=tests/test_chaos_short.py \
+		--ignore=tests/test_chaos_cluster_short.py \
 		--ignore=tests/test_bench_smoke.py --junitxml=$(ARTIFACTS)/junit-django42.xml $(PYTEST_ARGS)
 
 # The peer suites (tests/peer/) in a venv of their own: the main venv's exact versions
@@ -304,6 +309,14 @@ chaos: venv redis
 			"(or run: $(BIN)/python -m chaos --db sqlite)" >&2; \
 		exit 1; }
 	$(BIN)/python -m chaos run --db postgres $(CHAOS_ARGS)
+
+# The chaos run against a private Redis Cluster (about 4 minutes) against PostgreSQL.
+chaos-cluster: venv redis
+	@$(PG_READY) || { \
+		echo "error: make chaos-cluster needs PostgreSQL on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" \
+			"(or run: $(BIN)/python -m chaos cluster --db sqlite)" >&2; \
+		exit 1; }
+	$(BIN)/python -m chaos cluster --db postgres $(CHAOS_ARGS)
 
 # The full HTTP fuzz of the session and backup cookies (PostgreSQL when reachable).
 fuzz: venv redis

@@ -18,7 +18,9 @@ protocol, so this backend puts Django's cache API over redis-py's
 ``OPTIONS`` are redis-py's keywords for ``RedisCluster`` (they reach every
 node's connections).  Unless ``retry`` is given, a failed command is not
 retried: the session engine's per-node circuit breaker decides what happens
-next, without the waits a retry adds.  Reads and writes go to primaries.
+next, without the waits a retry adds.  Only making the client is tried again,
+on other nodes: its first command goes to one node, which may be a dead one.
+Reads and writes go to primaries.
 
 Multi-key calls (``get_many``, ``set_many``, ``delete_many``) are split by
 slot, so they are not atomic across slots; ``clear()`` flushes every primary.
@@ -35,6 +37,11 @@ from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = ["RedisClusterCache", "RedisClusterCacheClient"]
+
+#: Attempts at making the client, per node given in LOCATION. Making it sends a first
+#: command (``COMMAND``) to one node, the first given when it can, which may be a dead
+#: one: without retries redis-py gives up there; each retry picks a node again.
+CONNECT_ATTEMPTS_PER_NODE = 3
 
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
@@ -98,8 +105,13 @@ class RedisClusterCacheClient(RedisCacheClient):
                 options.setdefault("username", unquote(url.username))
             if url.password:
                 options.setdefault("password", unquote(url.password))
-        options.setdefault("retry", Retry(NoBackoff(), 0))
-        return RedisCluster(startup_nodes=nodes, **options)
+        retry = options.pop("retry", None)
+        # Making the client sends a first command to one node, which may be a dead one:
+        # another node on each attempt. Then no retries at all (see the docstring).
+        attempts = Retry(NoBackoff(), CONNECT_ATTEMPTS_PER_NODE * len(nodes))
+        client = RedisCluster(startup_nodes=nodes, retry=retry or attempts, **options)
+        client.set_retry(retry or Retry(NoBackoff(), 0))
+        return client
 
     # Multi-key operations: split by slot (redis-py's non-atomic variants).
 
