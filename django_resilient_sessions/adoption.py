@@ -248,6 +248,6 @@ def _adopted(key_hash: str) -> bool | None:
 def _load_again(store: Loading) -> dict[str, Any]:
     """Serve what a concurrent request adopted (never adopt twice)."""
     store._adoption_done = True
-    data = store.load()
+    data = store._load()  # within the request's one load (counted and traced once)
     store.keep_cookie = True  # the other request's response sets the cookies
     return data
