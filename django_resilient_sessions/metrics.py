@@ -294,7 +294,7 @@ class _LedgerCollector:
         from .outbox import queue_size
 
         try:
-            pending = bounded(lambda: queue_size(PENDING_CAP), self.timeout)
+            pending = bounded(lambda: queue_size(PENDING_CAP), self.timeout, lane="metrics")
         except LedgerUnavailable as error:
             logger.warning("Metrics: the ledger did not answer (%s).", error)
             pending = None

@@ -126,3 +126,166 @@ def test_a_replayed_adopted_key_counts_one_load() -> None:
     assert sum(loaded.values()) == 1, loaded
 
 
+# -- secrets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_location_error_does_not_show_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caches_setting = {
+        "default": {
+            "BACKEND": "django_resilient_sessions.cache.RedisClusterCache",
+            # A database index Redis Cluster does not have: the error names the URL.
+            "LOCATION": [f"redis://:{SECRET}@127.0.0.1:{free_port()}/3"],
+        }
+    }
+    with override_settings(CACHES=caches_setting), caplog.at_level(logging.DEBUG):
+        reset_breakers()
+        try:
+            code, body = _health()
+        finally:
+            reset_breakers()
+    assert (code, body["status"]) == (503, "down")
+    assert "names a database" in body["configuration_error"]
+    assert SECRET not in json.dumps(body)
+    assert SECRET not in caplog.text
+
+
+def _health() -> tuple[int, dict[str, Any]]:
+    response = Client().get("/-/health/")
+    data: dict[str, Any] = response.json()
+    return response.status_code, data
+
+
+# -- a wrong password on a cluster ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_cluster() -> Iterator[Any]:
+    from tests.redis_cluster import LocalCluster
+
+    with LocalCluster(masters=3, replicas_per_master=0) as cluster:
+        yield cluster
+
+
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+def test_a_wrong_password_on_a_cluster_is_down(small_cluster: Any) -> None:
+    """Off a cluster a wrong password is ``down`` (test_health); on a cluster too."""
+    from django_resilient_sessions.cache import forget_clients
+
+    urls = [url.replace("redis://", "redis://nobody:wrong@") for url in small_cluster.urls]
+    caches_setting = {
+        "default": {
+            "BACKEND": "django_resilient_sessions.cache.RedisClusterCache",
+            "LOCATION": urls,
+            "OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25},
+        }
+    }
+    forget_clients()
+    with override_settings(CACHES=caches_setting):
+        reset_breakers()
+        try:
+            first = status.check()
+            again = status.check()  # the alias's breaker is open now: no new attempt
+        finally:
+            forget_clients()
+            reset_breakers()
+    for report in (first, again):
+        assert report.status == status.DOWN, report.reasons
+        assert "refuses us for good" in report.reasons[0]
+
+
+# -- metrics scrapes and the health view share the database checks --------------------------
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a table lock on PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_scrapes_stuck_on_a_locked_table_do_not_take_the_site_down(
+    fault_redis: RedisServer,
+) -> None:
+    """Redis is down (backups serve) and something holds a lock on the purge queue's table
+    (a migration, VACUUM FULL): the scrapes' COUNT waits, SELECT 1 does not.  The health
+    view must still see a database that answers: degraded, not a 503 on every server."""
+    import psycopg
+
+    from django_resilient_sessions.dbaccess import bounded
+    from django_resilient_sessions.exceptions import LedgerUnavailable
+    from django_resilient_sessions.models import PendingPurge
+
+    params = connection.get_connection_params()
+    holder = psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"})
+    fault_redis.kill()
+    try:
+        holder.execute(f"LOCK TABLE {PendingPurge._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        with override_settings(RESILIENT_SESSIONS={"HEALTH_CHECK_TIMEOUT": 0.2}):
+            for _ in range(6):  # Prometheus scraping, each scrape waiting on the lock
+                scrape = Client().get("/-/metrics/")
+                assert b"resilient_sessions_ledger_up 0.0" in scrape.content
+            code, body = _health()
+    finally:
+        holder.rollback()
+        holder.close()
+        for _ in range(500):  # the scrapes' threads finish once the lock is gone
+            try:
+                bounded(lambda: None, 5.0, lane="metrics")
+                break
+            except LedgerUnavailable:
+                time.sleep(0.01)
+    assert body["ledger"]["answers"] is True, body
+    assert (code, body["status"]) == (200, "degraded"), body["reasons"]
+
+
+# -- sessionstats --check, never a traceback -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("HEALTH_CHECK_TIMEOUT", "1s"), ("BACKUP_LOADS_WINDOW", "15m")],
+)
+def test_sessionstats_check_with_a_malformed_setting_answers_one_line(
+    redis_server: RedisServer, tmp_path: Path, setting: str, value: str
+) -> None:
+    """``--check`` skips the system checks (to report a misconfiguration as down), so a
+    value they would refuse reaches it: one line, exit 2 (the error logged), not an uncaught
+    exception."""
+    settings_module = tmp_path / "bad_settings.py"
+    settings_module.write_text(
+        "from tests.mw_settings import *  # noqa: F403\n"
+        f"RESILIENT_SESSIONS = {{'BREAKER_COOLDOWN': 0.5, {setting!r}: {value!r}}}\n"
+    )
+    done = command(redis_server.url, tmp_path / "site.sqlite3", "sessionstats", "--check",
+                   DJANGO_SETTINGS_MODULE="bad_settings",
+                   PYTHONPATH=f"{tmp_path}{os.pathsep}{Path(__file__).parent.parent}")  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr[-2000:])  # uncaught: 1, "degraded"
+    [line] = done.stdout.strip().splitlines()
+    assert line.startswith("RESILIENT SESSIONS DOWN: the health check cannot run: "), line
+    assert repr(value) in line, line
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_health_view_with_a_malformed_setting_answers_503_not_500() -> None:
+    with override_settings(RESILIENT_SESSIONS={"HEALTH_CHECK_TIMEOUT": "1s"}):
+        response = Client(raise_request_exception=False).get("/-/health/")
+    assert response.status_code == 503, response.content[:500]
+    assert response.json()["status"] == "down"
+
+
+# -- the served-from-backups figure -------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_figure_never_claims_more_minutes_than_it_covers(fault_redis: RedisServer) -> None:
+    from django_resilient_sessions.management.commands.sessionstats import served_from_backups
+
+    with override_settings(RESILIENT_SESSIONS={"BACKUP_LOADS_WINDOW": 120}):
+        # The database keeps the window's rows; the health view's per-process ring an hour.
+        assert served_from_backups(600)["minutes"] == 120
+        assert served_from_backups(30)["minutes"] == 30
+        health.reset_counters()
+        recent.reset()
+        body = _health()[1]
+    assert body["backup_loads"]["minutes"] == health.RING_MINUTES
+
+
