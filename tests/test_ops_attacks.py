@@ -106,6 +106,82 @@ def test_a_metrics_directory_that_vanished_costs_the_metrics_not_the_login(
     assert done.stderr.count("Metrics could not be recorded") == 1
 
 
+# -- a worker killed while its breaker is open --------------------------------------------
+
+GUNICORN_CONF = "from django_resilient_sessions.metrics import child_exit  # noqa: F401\n"
+
+
+@pytest.fixture
+def hooked_site(fault_redis: RedisServer, tmp_path: Path) -> Iterator[Server]:
+    """The live two-worker site, started with the gunicorn hook docs/production.md shows."""
+    prometheus = tmp_path / "prometheus"
+    prometheus.mkdir()
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(GUNICORN_CONF)
+    with site_database(tmp_path, pg_name("ops_attacks")) as database:
+        env = site_env(database, fault_redis.url, PROMETHEUS_MULTIPROC_DIR=str(prometheus))
+        django(env, "migrate", "--no-input", "-v", "0")
+        create = (
+            "from django.contrib.auth.models import User\n"
+            f"for name in {USERS!r}:\n"
+            f"    User.objects.create_user(name, password={PASSWORD!r})\n"
+        )
+        django(env, "shell", "-c", create)
+        with gunicorn_site(env, tmp_path, workers=2, config=config) as server:
+            yield server
+
+
+def replaced(server: Server, dead: int) -> set[int]:
+    """Wait until gunicorn has replaced the worker ``dead``; the live workers then."""
+    deadline = time.monotonic() + 30
+    while True:
+        now = children(server.process.pid)
+        if dead not in now and len(now) == 2:
+            for _ in range(50):  # the new worker answers once it has imported Django
+                try:
+                    requests.get(server.url + "/whoami/", timeout=5)
+                    break
+                except requests.RequestException:
+                    time.sleep(0.1)
+            return now
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_does_not_hold_the_breaker_gauge(
+    hooked_site: Server, fault_redis: RedisServer
+) -> None:
+    site = Site(hooked_site)
+    for user in USERS:
+        assert site.send(user, "POST", "/login/", username=user, password=PASSWORD)["ok"]
+    start = site.scrape()
+
+    fault_redis.kill()
+    site.loads = 0
+    site.until_every_worker(USERS, "open")
+    opened = site.scrape()
+    assert opened[BREAKER] == 1
+    assert loads(start, opened) == {"backup": site.loads}
+    served_before = sum(loads(start, opened).values())
+
+    victim = sorted(hooked_site.workers)[0]
+    os.kill(victim, signal.SIGKILL)  # the OOM killer, a segfault, gunicorn's timeout
+    hooked_site.workers = replaced(hooked_site, victim)
+    site.breakers.pop(victim, None)
+
+    fault_redis.start()
+    time.sleep(COOLDOWN + 0.1)
+    site.loads = 0
+    site.until_every_worker(USERS, "closed")
+    back = site.scrape()
+    # The dead worker's counts stay in the sums (counters never go down) ...
+    assert sum(loads(opened, back).values()) == site.loads
+    assert sum(loads(start, back).values()) == served_before + site.loads
+    assert grew(opened, back, "resilient_sessions_saves_total", copy="cache") >= 0
+    # ... and its open breaker does not: every live worker closed its own.
+    assert back[BREAKER] == 0, hooked_site.log_tail()
+
+
 # -- one request, one load ------------------------------------------------------------------
 
 
@@ -289,3 +365,17 @@ def test_the_figure_never_claims_more_minutes_than_it_covers(fault_redis: RedisS
     assert body["backup_loads"]["minutes"] == health.RING_MINUTES
 
 
+# -- the health view leaves the request's session alone ---------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_health_view_neither_loads_nor_sets_a_session() -> None:
+    make_user()
+    client = Client()
+    assert ok(client.post("/login/", {"username": "alice", "password": WEB_PASSWORD}))["ok"] is True
+    health.reset_counters()
+    for browser in (client, Client()):
+        response = browser.get("/-/health/")
+        assert response.status_code == 200
+        assert not response.cookies, response.cookies
+    assert health.snapshot()["labelled"].get("loads", {}) == {}
