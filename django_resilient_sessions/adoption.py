@@ -314,7 +314,7 @@ def _load_again(store: Loading, adopted_at: float | None) -> dict[str, Any]:
     nothing is a dead one, forgotten as any unknown key is.
     """
     store._adoption_done = True
-    data = store.load()
+    data = store._load()  # within the request's one load (counted and traced once)
     if adopted_at is None or time.time() - adopted_at < RACE_SECONDS:
-        store.keep_cookie = True
+        store.keep_cookie = True  # the other request's response sets the cookies
     return data

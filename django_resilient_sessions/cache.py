@@ -91,11 +91,12 @@ class RedisClusterCacheClient(RedisCacheClient):
             url = urlsplit(server)
             if url.scheme not in ("redis", "rediss") or not url.hostname:
                 raise ImproperlyConfigured(
-                    f"RedisClusterCache LOCATION {server!r} is not a redis:// or rediss:// URL."
+                    f"RedisClusterCache LOCATION {_shown(server)!r} is not a redis:// or "
+                    "rediss:// URL."
                 )
             if url.path not in ("", "/", "/0"):
                 raise ImproperlyConfigured(
-                    f"RedisClusterCache LOCATION {server!r} names a database: "
+                    f"RedisClusterCache LOCATION {_shown(server)!r} names a database: "
                     "Redis Cluster has database 0 only."
                 )
             nodes.append(ClusterNode(url.hostname, url.port or 6379))  # type: ignore[no-untyped-call]
@@ -140,6 +141,19 @@ class RedisClusterCacheClient(RedisCacheClient):
 
         client = self.get_client(write=True)
         return bool(client.flushdb(target_nodes=RedisCluster.PRIMARIES))
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, for messages (they reach logs and health checks)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not even a URL: nothing to tell apart, show nothing of it
+        return "(unreadable URL)"
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 class RedisClusterCache(RedisCache):

@@ -361,8 +361,10 @@ class SessionCache:
             raise CacheUnavailable(self.alias, attempted=True) from error
 
     def _failed(self, breaker: CircuitBreaker, error: BaseException) -> None:
+        from .status import misconfigured  # the health rules' judgement (a lazy import: layering)
+
         health.count("cache_errors")
-        if breaker.failed(error):
+        if breaker.failed(error, lasting=misconfigured(error)):
             _send(signals.cache_lost, alias=self.alias, node=breaker.node, error=error)
 
     def _probe(self, breaker: CircuitBreaker) -> bool:
