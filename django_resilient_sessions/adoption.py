@@ -227,7 +227,8 @@ def _commit(
     now = time.time()
     expires_at = now + expiry_age(store, data)
     evicted: list[str] = []
-    recorded = written = False
+    recorded: bool | None = False
+    written = False
     try:
         with transaction.atomic(using=db()):
             try:
@@ -267,7 +268,7 @@ def _commit(
             _undo(store, new_hash)
         raise
     tracking.settle(evicted)
-    return recorded, written
+    return bool(recorded), written
 
 
 def _write(store: Loading, key_hash: str, data: dict[str, Any], ttl: int) -> bool:

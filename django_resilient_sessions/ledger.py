@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -119,11 +119,13 @@ def start(
     agent: str,
     backend: str = "",
     auth_hash: str = "",
-) -> tuple[bool, list[str]]:
+) -> tuple[bool | None, list[str]]:
     """Record a login on this session.
 
     Returns ``(recorded, evicted)``: ``recorded`` is ``False`` when the session
-    limit refuses the login; ``evicted`` lists the sessions the limit ended to
+    limit refuses the login, ``None`` when the key's row was ended (a revoked
+    key never serves a login again, whoever logs in on it: the caller takes a
+    new key and records the login there); ``evicted`` lists the sessions the limit ended to
     make room (queued for Redis like :func:`end_rows`: the caller deletes the
     copies and unqueues them).  With
     ``MAX_SESSIONS_PER_USER`` set, the user's row is locked (``SELECT ... FOR
@@ -133,13 +135,20 @@ def start(
     """
     login = (backend, auth_hash)
     try:
-        return _start(key_hash, user_id, expires_at, version, ip, agent, login)
-    except OperationalError:
-        if transaction.get_connection(db()).in_atomic_block:
-            raise  # the enclosing transaction is spoilt: nothing to retry in
-        logger.warning("Recording a login met a lock conflict; retrying once.")
-        time.sleep(0.05)
-        return _start(key_hash, user_id, expires_at, version, ip, agent, login)
+        try:
+            return _start(key_hash, user_id, expires_at, version, ip, agent, login)
+        except OperationalError:
+            if transaction.get_connection(db()).in_atomic_block:
+                raise  # the enclosing transaction is spoilt: nothing to retry in
+            logger.warning("Recording a login met a lock conflict; retrying once.")
+            time.sleep(0.05)
+            return _start(key_hash, user_id, expires_at, version, ip, agent, login)
+    except _DeadKey:
+        return None, []
+
+
+class _DeadKey(Exception):
+    """The session key's row was ended: no login may bring it back (see :func:`start`)."""
 
 
 def _start(
@@ -180,8 +189,15 @@ def _start(
             outbox.add(evicted)  # the outbox: see end_rows
         # Write first (no SELECT): the statement takes the write lock at once.
         again = fields | {"backup_version": Greatest(F("backup_version"), version)}
-        if not UserSession.objects.filter(key_hash=key_hash).update(**again):
-            UserSession.objects.create(key_hash=key_hash, **fields)
+        rows = UserSession.objects.filter(key_hash=key_hash, ended_at__isnull=True)
+        if not rows.update(**again):
+            try:
+                with transaction.atomic(using=db()):
+                    UserSession.objects.create(key_hash=key_hash, **fields)
+            except IntegrityError:
+                if UserSession.objects.filter(key_hash=key_hash).exists():
+                    raise _DeadKey from None  # ended: evictions above are undone too
+                raise
     return True, evicted
 
 
