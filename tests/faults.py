@@ -68,6 +68,7 @@ import select
 import selectors
 import socket
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -317,9 +318,11 @@ def for_each_step(
                 if after is not None:
                     after(result)
             except Exception as exc:
-                add_note = getattr(exc, "add_note", None)  # Python 3.11+
-                if add_note is not None:
-                    add_note(f"while failing {step} with {kind!r}")
+                note = f"while failing {step} with {kind!r}"
+                if sys.version_info >= (3, 11):
+                    exc.add_note(note)
+                else:  # the attribute PEP 678 defines, which pytest shows on 3.10 too
+                    exc.__notes__ = [*getattr(exc, "__notes__", []), note]
                 raise
             results.append(result)
     return results
