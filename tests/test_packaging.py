@@ -13,7 +13,6 @@ group: no network). ``make dist`` builds them again with isolation and runs
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import tarfile
@@ -23,6 +22,8 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
+
+from tests.test_docs_site import noxfile_matrix
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,17 +107,6 @@ def test_the_wheel_holds_the_package_with_its_data(dist: Path) -> None:
     assert f"{PACKAGE}/py.typed" in names
     assert any(n.startswith(f"{PACKAGE}/templates/{PACKAGE}/") for n in names)
     assert any(n.startswith(f"{PACKAGE}/migrations/0001_") for n in names)
-
-
-def noxfile_matrix() -> dict[str, tuple[str, ...]]:
-    """``noxfile.MATRIX``, read without running the noxfile."""
-    tree = ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "MATRIX":
-            assert node.value is not None
-            matrix: dict[str, tuple[str, ...]] = ast.literal_eval(node.value)
-            return matrix
-    raise AssertionError("no MATRIX in noxfile.py")
 
 
 def test_the_classifiers_name_exactly_the_tested_versions(dist: Path) -> None:

@@ -13,7 +13,7 @@ Covered:
   ``degraded``), back to Redis after the block (the outage's writes written back), and a
   logout during the outage stays a logout after it; a Sentinel or replicas configuration
   is pointed at the unreachable address alone;
-- ``ResilientClient``: ``login()``, ``force_login()`` (and ``aforce_login()`` on Django 5)
+- ``ResilientClient``: ``login()``, ``force_login()`` and ``aforce_login()``
   set the backup cookie; as ``client_class`` of a Django ``TestCase``;
 - the pytest plugin's fixtures, and that the plugin and ``testing`` import without Django
   set up (what loading the plugin at pytest start needs).
@@ -265,8 +265,6 @@ def test_resilient_client_logins_set_the_backup_cookie() -> None:
 @pytest.mark.django_db
 def test_resilient_client_aforce_login() -> None:
     client = ResilientClient()
-    if not hasattr(client, "aforce_login"):
-        pytest.skip("Client.aforce_login() is Django 5.0+")
     async_to_sync(client.aforce_login)(make_user())
     assert client.backup_cookies
     with redis_outage():
