@@ -775,6 +775,11 @@ class RedisFaultProxy:
         for sock in (self._wake_r, self._wake_w, self._listener):
             if sock is not None:
                 sock.close()
+        # A connection whose client hung up just before (a test's client closed first)
+        # has left the table but its thread may still be on its way out: wait for it too.
+        for thread in self.alive_threads():
+            if thread is not threading.current_thread():
+                thread.join(5)
         stuck = self.alive_threads()
         if stuck:
             raise RuntimeError(f"proxy threads did not stop: {stuck}")
