@@ -289,6 +289,16 @@ def test_e011_ledger_routed_away_from_the_users() -> None:
         assert ours() == []
 
 
+def test_e011_ledger_read_away_from_the_users() -> None:
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.LedgerReadElsewhereRouter"]):
+        messages = ours()
+    assert ids(messages) == [PREFIX + "E011"]
+    assert "db_for_read" in messages[0].msg and "'other'" in messages[0].msg
+    # Reads from a replica the router relates to the primary: nothing to say.
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.ReplicaRouter"]):
+        assert ours() == []
+
+
 def test_w002_our_middleware_with_django_db_engine() -> None:
     with override_settings(SESSION_ENGINE=DB_ENGINE):
         messages = ours()
