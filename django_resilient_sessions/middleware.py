@@ -21,6 +21,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
@@ -29,6 +30,7 @@ from django.utils.translation import gettext as _
 
 from . import client, cookies
 from .backends.resilient import SessionStore as ResilientStore
+from .checks import misplaced
 from .exceptions import LedgerUnavailable, SessionLimitExceeded
 from .redisclient import RedisAccess
 
@@ -75,9 +77,14 @@ def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
 class SessionMiddleware(DjangoSessionMiddleware):
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)
+        # Where checks do not run (gunicorn, uvicorn), what check E010 sees fails here,
+        # when the handler is built: otherwise the first request would meet a reader's
+        # own error, which names Django's SessionMiddleware.
+        problems = misplaced(list(settings.MIDDLEWARE))
+        if problems:
+            raise ImproperlyConfigured(" ".join(problems[0]))
         if issubclass(self.SessionStore, ResilientStore):
-            # Where checks do not run (gunicorn, uvicorn), an unsupported session
-            # cache fails here, at start-up, with ImproperlyConfigured: not at login.
+            # Likewise an unsupported session cache (E007): at start-up, not at login.
             RedisAccess(settings.SESSION_CACHE_ALIAS)
 
     def process_request(self, request: HttpRequest) -> None:

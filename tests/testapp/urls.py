@@ -15,6 +15,8 @@ urlpatterns = [
     path("read-then-end-elsewhere/", views.read_then_end_elsewhere),
     path("set-typed/", views.set_typed),
     path("typed/", views.typed),
+    path("set-datetime/", views.set_datetime),
+    path("save-by-key/", views.save_by_key),
     path("admin/", admin.site.urls),
     path("account/sessions/", include("django_resilient_sessions.urls")),
 ]
