@@ -35,7 +35,7 @@ from django_resilient_sessions import health, signals
 from django_resilient_sessions.cachecopy import Entry
 from django_resilient_sessions.conf import conf
 from django_resilient_sessions.models import PendingPurge, UserSession
-from tests.redis_server import CountingConnectionPool, RedisServer, counting_pool
+from tests.redis_server import CountingConnectionPool, RedisServer, counting_pool, socket_timeout
 from tests.web import (
     BACKUP_COOKIE,
     PASSWORD,
@@ -53,7 +53,8 @@ from tests.web import (
     whoami,
 )
 
-pytestmark = pytest.mark.django_db
+# Each test on django-redis and on Django's own RedisCache (tests/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("cache_backend")]
 
 COOLDOWN = 0.2
 USERNAME = "alice"
@@ -180,7 +181,8 @@ def test_hung_redis_costs_one_timeout_then_short_probes(
     cooldown = 0.5  # long enough to fit several requests inside it
     assert cooldown == conf.BREAKER_COOLDOWN
     client = logged_in_with_values(a="1")
-    timeout = settings.CACHES["default"]["OPTIONS"]["SOCKET_TIMEOUT"]
+    assert pool.checkouts > 0  # the cache's pool is the counting one, whichever the backend
+    timeout = socket_timeout()
 
     fault_redis.pause()
     try:
