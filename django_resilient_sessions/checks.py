@@ -178,6 +178,21 @@ SESSION_READERS = (
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 )
+MESSAGES = "django.contrib.messages.middleware.MessageMiddleware"
+#: Message storages that keep messages in the session (Django's default is the fallback).
+SESSION_MESSAGE_STORAGES = (
+    "django.contrib.messages.storage.session.SessionStorage",
+    "django.contrib.messages.storage.fallback.FallbackStorage",
+)
+
+
+def _reads_session(path: str) -> bool:
+    if _is(path, MESSAGES):
+        storage = getattr(
+            settings, "MESSAGE_STORAGE", "django.contrib.messages.storage.fallback.FallbackStorage"
+        )
+        return any(_is(storage, kind) for kind in SESSION_MESSAGE_STORAGES)
+    return any(_is(path, reader) for reader in SESSION_READERS)
 
 
 def misplaced(middleware: list[str]) -> list[tuple[str, str]]:
@@ -195,7 +210,7 @@ def misplaced(middleware: list[str]) -> list[tuple[str, str]]:
             f"Move {middleware[position]!r} above position {i}.",
         )
         for i, path in enumerate(middleware[:position])
-        if any(_is(path, reader) for reader in SESSION_READERS)
+        if _reads_session(path)
     ]
 
 
