@@ -82,6 +82,9 @@ class Login:
     login_at: float
     seen_at: float
     expires_at: float
+    #: The newest backup version the row has seen served: a copy rebuilt from the row
+    #: numbers its saves past it, or their backups would look like rollbacks.
+    served: int = 0
 
 
 def _timestamp(value: datetime) -> float:
@@ -105,18 +108,25 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
             "created_at",
             "last_activity",
             "expires_at",
+            "backup_version",
             "live",
         )[:1]
     )
     if not found:
         return Row.MISSING, None
-    owner, backend, auth_hash, created, seen, expires, active = found[0]
+    owner, backend, auth_hash, created, seen, expires, served, active = found[0]
     if not active:
         return Row.ENDED, None
     if not (backend and auth_hash):
         return Row.MISSING, None  # recorded before rows kept their login
     login = Login(
-        str(owner), backend, auth_hash, _timestamp(created), _timestamp(seen), _timestamp(expires)
+        str(owner),
+        backend,
+        auth_hash,
+        _timestamp(created),
+        _timestamp(seen),
+        _timestamp(expires),
+        served,
     )
     return Row.ACTIVE, login
 

@@ -28,7 +28,7 @@ from django.utils.cache import patch_vary_headers
 from django.utils.http import http_date
 from django.utils.translation import gettext as _
 
-from . import client, cookies
+from . import client, cookies, requestscope
 from .backends.resilient import SessionStore as ResilientStore
 from .checks import misplaced
 from .exceptions import LedgerUnavailable, SessionLimitExceeded
@@ -90,11 +90,10 @@ class SessionMiddleware(DjangoSessionMiddleware):
     def process_request(self, request: HttpRequest) -> None:
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         if issubclass(self.SessionStore, ResilientStore):
-            request.session = self.SessionStore(
-                session_key,
-                backup=cookies.read_token(request.COOKIES),
-                client=client.from_request(request),
-            )
+            backup, who = cookies.read_token(request.COOKIES), client.from_request(request)
+            # For a store a package builds itself in this request (see requestscope).
+            requestscope.open_scope(session_key, backup, who)
+            request.session = self.SessionStore(session_key, backup=backup, client=who)
         else:
             # SESSION_ENGINE is not ours (a system check says so): behave as Django.
             request.session = self.SessionStore(session_key)
@@ -108,6 +107,12 @@ class SessionMiddleware(DjangoSessionMiddleware):
     def process_response(  # type: ignore[override]  # any response, as Django's does
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        try:
+            return self._respond(request, response)
+        finally:
+            requestscope.close()
+
+    def _respond(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         try:
             session: Any = request.session
             accessed = session.accessed

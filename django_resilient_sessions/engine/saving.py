@@ -17,6 +17,7 @@ from .. import (
     cookies,
     health,
     ledger,
+    requestscope,
     signals,
     trust,
 )
@@ -164,6 +165,7 @@ class Saving(Logins):
 
     def _record(self, sealed: cookies.Sealed | None, key_hash: str) -> None:
         self.sealed = sealed
+        requestscope.record(self.session_key, sealed.token if sealed else None)
         if sealed is None:
             health.count("backups_omitted")
             return

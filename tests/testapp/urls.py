@@ -17,6 +17,7 @@ urlpatterns = [
     path("typed/", views.typed),
     path("set-datetime/", views.set_datetime),
     path("save-by-key/", views.save_by_key),
+    path("stash-and-rebuild/", views.stash_and_rebuild),
     path("admin/", admin.site.urls),
     path("account/sessions/", include("django_resilient_sessions.urls")),
 ]

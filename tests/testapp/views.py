@@ -175,3 +175,17 @@ def save_by_key(request: HttpRequest) -> JsonResponse:
     else:
         raised = None
     return JsonResponse({"raised": raised, "exists": engine().exists(key)})
+
+
+@csrf_exempt
+@require_POST
+def stash_and_rebuild(request: HttpRequest) -> JsonResponse:
+    """What django-allauth does with an OAuth state: set it, save, then put a new store
+    for the same key on the request (``SessionStore(key)``), for the middleware to save."""
+    for key, value in request.POST.items():
+        request.session[key] = value
+    request.session.save()
+    key = request.session.session_key
+    request.session = type(request.session)(key)
+    request.session.modified = True
+    return JsonResponse({"ok": True})
