@@ -20,7 +20,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q
+from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -54,6 +54,17 @@ def tracks(user: Any) -> bool:
     return isinstance(model, type) and isinstance(user, model)
 
 
+def _rows() -> QuerySet[UserSession]:
+    """``UserSession`` rows on the ledger's database, for reads too.
+
+    The router's ``db_for_read`` may name a replica; one that lags would vouch for a
+    login that was just ended, or miss one that was just recorded.  The engine reads
+    what it decides on from where it writes.
+    """
+    rows: QuerySet[UserSession] = UserSession.objects.using(db())
+    return rows
+
+
 def _user_pk(user_id: Any) -> Any:
     return get_user_model()._meta.pk.to_python(user_id)
 
@@ -71,6 +82,9 @@ class Login:
     login_at: float
     seen_at: float
     expires_at: float
+    #: The newest backup version the row has seen served: a copy rebuilt from the row
+    #: numbers its saves past it, or their backups would look like rollbacks.
+    served: int = 0
 
 
 def _timestamp(value: datetime) -> float:
@@ -84,7 +98,8 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
     """The login this session's row vouches for, if its row is active (one ``SELECT``)."""
     live = ExpressionWrapper(active_q(), output_field=BooleanField())
     found = list(
-        UserSession.objects.filter(key_hash=key_hash)
+        _rows()
+        .filter(key_hash=key_hash)
         .annotate(live=live)
         .values_list(
             "user_id",
@@ -93,18 +108,25 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
             "created_at",
             "last_activity",
             "expires_at",
+            "backup_version",
             "live",
         )[:1]
     )
     if not found:
         return Row.MISSING, None
-    owner, backend, auth_hash, created, seen, expires, active = found[0]
+    owner, backend, auth_hash, created, seen, expires, served, active = found[0]
     if not active:
         return Row.ENDED, None
     if not (backend and auth_hash):
         return Row.MISSING, None  # recorded before rows kept their login
     login = Login(
-        str(owner), backend, auth_hash, _timestamp(created), _timestamp(seen), _timestamp(expires)
+        str(owner),
+        backend,
+        auth_hash,
+        _timestamp(created),
+        _timestamp(seen),
+        _timestamp(expires),
+        served,
     )
     return Row.ACTIVE, login
 
@@ -189,13 +211,13 @@ def _start(
             outbox.add(evicted)  # the outbox: see end_rows
         # Write first (no SELECT): the statement takes the write lock at once.
         again = fields | {"backup_version": Greatest(F("backup_version"), version)}
-        rows = UserSession.objects.filter(key_hash=key_hash, ended_at__isnull=True)
+        rows = _rows().filter(key_hash=key_hash, ended_at__isnull=True)
         if not rows.update(**again):
             try:
                 with transaction.atomic(using=db()):
-                    UserSession.objects.create(key_hash=key_hash, **fields)
+                    _rows().create(key_hash=key_hash, **fields)
             except IntegrityError:
-                if UserSession.objects.filter(key_hash=key_hash).exists():
+                if _rows().filter(key_hash=key_hash).exists():
                     raise _DeadKey from None  # ended: evictions above are undone too
                 raise
     return True, evicted
@@ -206,7 +228,8 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
     limit = conf.MAX_SESSIONS_PER_USER or 0
     list(get_user_model()._default_manager.select_for_update().filter(pk=user_pk).values("pk"))
     others = (
-        UserSession.objects.filter(active_q(now), user_id=user_pk)
+        _rows()
+        .filter(active_q(now), user_id=user_pk)
         .exclude(key_hash=key_hash)
         .order_by("last_activity", "pk")
     )
@@ -216,9 +239,7 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
     if conf.SESSION_LIMIT_POLICY == "refuse":
         return None
     evicted = list(others.values_list("key_hash", flat=True)[:excess])
-    UserSession.objects.filter(key_hash__in=evicted).update(
-        ended_at=now, end_reason=str(EndReason.LIMIT)
-    )
+    _rows().filter(key_hash__in=evicted).update(ended_at=now, end_reason=str(EndReason.LIMIT))
     return evicted
 
 
@@ -242,7 +263,7 @@ def touch(
         fields |= {"last_activity": timezone.now(), "expires_at": when(expires_at)}
     if auth_hash is not None:
         fields["auth_hash"] = auth_hash[:128]
-    rows = UserSession.objects.filter(active_q(), key_hash=key_hash, user_id=_user_pk(user_id))
+    rows = _rows().filter(active_q(), key_hash=key_hash, user_id=_user_pk(user_id))
     with one_statement():
         return bool(rows.update(**fields))
 
@@ -256,7 +277,8 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
     """
     live = ExpressionWrapper(active_q(), output_field=BooleanField())
     found = list(
-        UserSession.objects.filter(key_hash=key_hash)
+        _rows()
+        .filter(key_hash=key_hash)
         .annotate(live=live)
         .values_list("user_id", "backup_version", "live")[:1]
     )
@@ -271,13 +293,14 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
 @guarded
 def is_active(key_hash: str) -> bool:
     """Does this session hold an active login?"""
-    return bool(UserSession.objects.filter(active_q(), key_hash=key_hash).exists())
+    return bool(_rows().filter(active_q(), key_hash=key_hash).exists())
 
 
 @guarded
 def live_hashes(rows: Any) -> list[str]:
     """The key hashes of the rows of ``rows`` (a ``UserSession`` queryset) not yet ended."""
-    return list(rows.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
+    live = rows.using(db()).filter(ended_at__isnull=True)
+    return list(live.values_list("key_hash", flat=True))
 
 
 @guarded
@@ -293,8 +316,10 @@ def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> i
     now = timezone.now()
     with transaction.atomic(using=db()):
         for batch in batches(list(key_hashes)):
-            ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
-                ended_at=now, end_reason=reason
+            ended += (
+                _rows()
+                .filter(key_hash__in=batch, ended_at__isnull=True)
+                .update(ended_at=now, end_reason=reason)
             )
             if queue:
                 outbox.add(batch)
@@ -313,9 +338,7 @@ def rekey(old_hash: str, new_hash: str) -> int:
     key is dead in the ledger and queued for Redis, or nothing changed.
     """
     with transaction.atomic(using=db()):
-        moved: int = UserSession.objects.filter(active_q(), key_hash=old_hash).update(
-            key_hash=new_hash
-        )
+        moved: int = _rows().filter(active_q(), key_hash=old_hash).update(key_hash=new_hash)
         outbox.add([old_hash])
     return moved
 
@@ -331,7 +354,7 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
     Redis like :func:`end_rows`.
     """
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
-    window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size)
+    window = _rows().filter(pk__gte=first, pk__lt=first + size)
     with transaction.atomic(using=db()):
         # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
@@ -344,5 +367,5 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
 
 @guarded
 def pk_bounds() -> tuple[int | None, int | None]:
-    bounds = UserSession.objects.aggregate(low=Min("pk"), high=Max("pk"))
+    bounds = _rows().aggregate(low=Min("pk"), high=Max("pk"))
     return bounds["low"], bounds["high"]
