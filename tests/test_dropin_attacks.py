@@ -1,0 +1,479 @@
+"""A drop-in, attacked: the same requests against Django's ``cache`` engine and this one.
+
+A scripted sequence of requests (set, read, ``set_expiry`` in each form, ``clear``,
+``cycle_key``, ``flush``, logins...) runs once against a site on Django's ``cache``
+engine and middleware and once against the same site on ours, Redis healthy; the
+status codes, bodies, the session cookie's ``Set-Cookie`` (value present, deleted or
+absent, ``Max-Age``, ``Expires``, ``Path``, ``Domain``, flags) and the session data the
+views see must be the same.  What may differ is what the README's "What changes for a
+site that switches" says.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterator
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import login as auth_login
+from django.contrib.auth import logout as auth_logout
+from django.contrib.auth.models import User
+from django.http import HttpRequest, JsonResponse
+from django.test import Client, override_settings
+from django.urls import path
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from tests.redis_server import RedisServer
+from tests.web import PASSWORD
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OURS = "django_resilient_sessions.middleware.SessionMiddleware"
+DJANGO_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+DJANGO_ENGINE = "django.contrib.sessions.backends.cache"
+OUR_ENGINE = "django_resilient_sessions.backends.resilient"
+
+
+# The views -----------------------------------------------------------------------------------
+
+
+def _visible(session: Any) -> dict[str, Any]:
+    return {k: v for k, v in session.items() if not k.startswith("_resilient_")}
+
+
+def _snapshot(request: HttpRequest, **extra: Any) -> JsonResponse:
+    session: Any = request.session
+    return JsonResponse(
+        {
+            "data": _visible(session),
+            "has_key": session.session_key is not None,
+            "empty": session.is_empty(),
+            "expiry_age": session.get_expiry_age(),
+            "expiry_date": session.get_expiry_date().timestamp(),
+            "at_close": session.get_expire_at_browser_close(),
+            "cookie_age": session.get_session_cookie_age(),
+            "user": request.user.get_username() if request.user.is_authenticated else None,
+            **extra,
+        }
+    )
+
+
+def _in_five_minutes() -> datetime.datetime:
+    return timezone.now() + datetime.timedelta(seconds=500)
+
+
+OPERATIONS: dict[str, Callable[[HttpRequest], Any]] = {
+    "nothing": lambda r: None,
+    "read": lambda r: r.session.get("a"),
+    "set": lambda r: r.session.update({"a": 1, "b": {"x": [1, 2]}, "s": "é€"}),
+    "set_c": lambda r: r.session.__setitem__("c", 3),
+    "pop": lambda r: r.session.pop("a", None),
+    "delitem": lambda r: r.session.__delitem__("b"),
+    "setdefault": lambda r: r.session.setdefault("d", [4]),
+    "expiry_0": lambda r: r.session.set_expiry(0),
+    "expiry_300": lambda r: r.session.set_expiry(300),
+    "expiry_datetime": lambda r: r.session.set_expiry(_in_five_minutes()),
+    "expiry_timedelta": lambda r: r.session.set_expiry(datetime.timedelta(seconds=600)),
+    "expiry_none": lambda r: r.session.set_expiry(None),
+    "clear": lambda r: r.session.clear(),
+    "cycle": lambda r: r.session.cycle_key(),
+    "flush": lambda r: r.session.flush(),
+    "test_cookie": lambda r: r.session.set_test_cookie(),
+    "test_cookie_worked": lambda r: r.session.test_cookie_worked(),
+    "delete_test_cookie": lambda r: r.session.delete_test_cookie(),
+    "exists_own": lambda r: r.session.exists(r.session.session_key or ""),
+    "exists_other": lambda r: r.session.exists("nosuchsessionkey0123456789abcdef"),
+    "login": lambda r: auth_login(r, User.objects.get(username="alice")),
+    "logout": lambda r: auth_logout(r),
+    "error_after_set": lambda r: r.session.__setitem__("e", 5),
+}
+
+
+@csrf_exempt
+def operate(request: HttpRequest, name: str) -> JsonResponse:
+    result = OPERATIONS[name](request)
+    if not isinstance(result, (bool, int, str, type(None), list)):
+        result = repr(type(result))
+    response = _snapshot(request, result=result)
+    if name == "error_after_set":
+        response.status_code = 500
+    return response
+
+
+@csrf_exempt
+def untouched(request: HttpRequest) -> JsonResponse:
+    """A view that never looks at the session."""
+    return JsonResponse({"ok": True})
+
+
+ASYNC_OPERATIONS: dict[str, list[tuple[Any, ...]]] = {
+    "set": [("aset", "a", 1), ("aupdate", {"b": {"x": [1, 2]}}), ("asetdefault", "c", [3])],
+    "read": [("aget", "a"), ("ahas_key", "b"), ("akeys",), ("avalues",), ("aitems",)],
+    "pop": [("apop", "a"), ("apop", "nope", None)],
+    "expiry": [("aset_expiry", 300), ("aget_expiry_age",), ("aget_expire_at_browser_close",)],
+    "expiry_0": [("aset_expiry", 0), ("aget_expire_at_browser_close",)],
+    "expiry_none": [("aset_expiry", None), ("aget_expiry_age",)],
+    "test_cookie": [("aset_test_cookie",), ("atest_cookie_worked",)],
+    "cycle": [("acycle_key",)],
+    "exists": [("aexists", "nosuchsessionkey0123456789abcdef")],
+    "login": [("alogin",)],
+    "logout": [("alogout",)],
+    "flush": [("aflush",)],
+}
+
+
+async def aoperate(request: HttpRequest, name: str) -> JsonResponse:
+    from django.contrib.auth import alogin, alogout
+
+    session: Any = request.session
+    results: list[Any] = []
+    for method, *args in ASYNC_OPERATIONS[name]:
+        if method == "alogin":
+            user = await User.objects.aget(username="alice")
+            await alogin(request, user)
+            continue
+        if method == "alogout":
+            await alogout(request)
+            continue
+        found = await getattr(session, method)(*args)
+        if method in ("akeys", "avalues", "aitems"):
+            # Less the engine's own stamps (the README says a login carries them).
+            stamps = {k: v for k, v in session.items() if k.startswith("_resilient_")}
+            hidden = {"akeys": stamps, "aitems": stamps.items(), "avalues": stamps.values()}
+            left = list(found)
+            for item in hidden[method]:
+                left.remove(item)
+            found = sorted(map(repr, left))
+        results.append(found)
+    data = {k: v for k, v in (await session.aitems()) if not k.startswith("_resilient_")}
+    return JsonResponse(
+        {
+            "results": results,
+            "data": data,
+            "has_key": session.session_key is not None,
+            "expiry_age": await session.aget_expiry_age(),
+        }
+    )
+
+
+urlpatterns = [
+    path("op/<str:name>/", operate),
+    path("aop/<str:name>/", aoperate),
+    path("untouched/", untouched),
+]
+
+
+# The harness ---------------------------------------------------------------------------------
+
+
+def _middleware(engine: str) -> list[str]:
+    ours = engine == OUR_ENGINE
+    found = [DJANGO_MIDDLEWARE if p == OURS and not ours else p for p in settings.MIDDLEWARE]
+    assert (OURS if ours else DJANGO_MIDDLEWARE) in found
+    return found
+
+
+def _cookie_view(response: Any, name: str, now: float) -> dict[str, Any] | None:
+    """What a response says about the cookie ``name`` (None: nothing)."""
+    morsel = response.cookies.get(name)
+    if morsel is None:
+        return None
+    expires = morsel["expires"]
+    # Expires, relative to now, to within a second (the two runs are not at the same time):
+    # "max-age" when it agrees with Max-Age.
+    until: int | str | None = (
+        round(parsedate_to_datetime(expires).timestamp() - now) if expires else None
+    )
+    if (
+        isinstance(until, int)
+        and morsel["max-age"] != ""
+        and abs(until - int(morsel["max-age"])) <= 1
+    ):
+        until = "max-age"
+    elif isinstance(until, int) and until < 0:
+        until = "past"  # a deletion (1970)
+    return {
+        "value": "deleted" if morsel.value == "" else "set",
+        "max-age": morsel["max-age"],
+        "expires": until,
+        "path": morsel["path"],
+        "domain": morsel["domain"],
+        "secure": bool(morsel["secure"]),
+        "httponly": bool(morsel["httponly"]),
+        "samesite": morsel["samesite"],
+    }
+
+
+def _observe(response: Any, now: float) -> dict[str, Any]:
+    body = response.json()
+    for field in ("expiry_age",):
+        if field in body:
+            body[field] = round(body[field] / 2)  # a second may pass between the runs
+    if "expiry_date" in body:
+        body["expiry_date"] = round((body["expiry_date"] - now) / 2)
+    expiry = body.get("data", {}).get("_session_expiry")
+    if isinstance(expiry, str):  # an ISO datetime: relative to now, as above
+        at = datetime.datetime.fromisoformat(expiry)
+        if timezone.is_naive(at):
+            at = timezone.make_aware(at)
+        body["data"]["_session_expiry"] = round((at.timestamp() - now) / 2)
+    return {
+        "status": response.status_code,
+        "body": body,
+        "cookie": _cookie_view(response, settings.SESSION_COOKIE_NAME, now),
+        "vary": response.get("Vary"),
+    }
+
+
+def run(engine: str, steps: list[str], **overrides: Any) -> list[dict[str, Any]]:
+    """Each step's observation with ``engine``; checks our backup cookie follows the
+    session cookie (same attributes, always HttpOnly) on the way."""
+    import time
+
+    observations = []
+    with override_settings(
+        SESSION_ENGINE=engine,
+        MIDDLEWARE=_middleware(engine),
+        ROOT_URLCONF=__name__,
+        **overrides,
+    ):
+        client = Client()
+        for step in steps:
+            now = time.time()
+            if step == "untouched":
+                response = client.get("/untouched/")
+                observation = {
+                    "status": response.status_code,
+                    "body": response.json(),
+                    "cookie": _cookie_view(response, settings.SESSION_COOKIE_NAME, now),
+                    "vary": response.get("Vary"),
+                }
+            else:
+                response = client.post(f"/op/{step}/")
+                observation = _observe(response, now)
+            observation["step"] = step
+            observations.append(observation)
+            if engine == OUR_ENGINE:
+                _backup_follows(response, observation, now)
+    return observations
+
+
+def _backup_follows(response: Any, observation: dict[str, Any], now: float) -> None:
+    session = observation["cookie"]
+    backup = _cookie_view(response, "sessionbackup", now)
+    if session is None or session["value"] == "deleted":
+        assert backup is None or backup["value"] == "deleted", observation["step"]
+        return
+    assert backup is not None, observation["step"]
+    assert backup == {**session, "httponly": True}, observation["step"]
+
+
+def differential(steps: list[str], **overrides: Any) -> None:
+    theirs = run(DJANGO_ENGINE, steps, **overrides)
+    ours = run(OUR_ENGINE, steps, **overrides)
+    for their, our in zip(theirs, ours, strict=True):
+        assert our == their, f"step {their['step']!r}"
+
+
+@pytest.fixture(autouse=True)
+def alice(redis_server: RedisServer) -> Iterator[None]:
+    User.objects.create_user(username="alice", password=PASSWORD)
+    with override_settings(RESILIENT_SESSIONS={"BREAKER_COOLDOWN": 0.2}):
+        yield
+
+
+# The scripts ---------------------------------------------------------------------------------
+
+ANONYMOUS = [
+    "untouched",
+    "read",
+    "set",
+    "read",
+    "untouched",
+    "set_c",
+    "pop",
+    "delitem",
+    "setdefault",
+    "exists_own",
+    "exists_other",
+    "test_cookie",
+    "test_cookie_worked",
+    "delete_test_cookie",
+    "expiry_0",
+    "read",
+    "expiry_300",
+    "read",
+    "expiry_datetime",
+    "read",
+    "expiry_timedelta",
+    "read",
+    "expiry_none",
+    "read",
+    "error_after_set",
+    "read",
+    "cycle",
+    "read",
+    "clear",
+    "read",
+    "set",
+    "flush",
+    "read",
+    "cycle",
+    "read",
+    "flush",
+    "untouched",
+]
+
+LOGGED_IN = [
+    "set",
+    "login",
+    "read",
+    "untouched",
+    "expiry_0",
+    "read",
+    "cycle",
+    "read",
+    "set_c",
+    "logout",
+    "read",
+    "login",
+    "clear",
+    "read",
+    "login",
+    "flush",
+    "read",
+]
+
+COOKIE_SETTINGS = {
+    "SESSION_COOKIE_SECURE": True,
+    "SESSION_COOKIE_DOMAIN": "example.com",
+    "SESSION_COOKIE_PATH": "/",
+    "SESSION_COOKIE_SAMESITE": "Strict",
+    "SESSION_COOKIE_HTTPONLY": False,
+    "SESSION_COOKIE_AGE": 3600,
+}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        COOKIE_SETTINGS,
+        {"SESSION_SAVE_EVERY_REQUEST": True},
+        {"SESSION_EXPIRE_AT_BROWSER_CLOSE": True},
+        {"USE_TZ": False, "TIME_ZONE": "America/New_York"},
+    ],
+    ids=["defaults", "cookie-settings", "save-every-request", "browser-close", "naive"],
+)
+@pytest.mark.parametrize("script", ["anonymous", "logged-in"])
+def test_the_same_requests_get_the_same_answers(script: str, overrides: dict[str, Any]) -> None:
+    differential(ANONYMOUS if script == "anonymous" else LOGGED_IN, **overrides)
+
+
+# Async: the same calls through ASGI ---------------------------------------------------------
+
+ASYNC_SCRIPT = [
+    "read",
+    "set",
+    "read",
+    "pop",
+    "expiry",
+    "read",
+    "expiry_0",
+    "expiry_none",
+    "test_cookie",
+    "exists",
+    "login",
+    "read",
+    "cycle",
+    "read",
+    "logout",
+    "read",
+    "set",
+    "flush",
+    "read",
+]
+
+
+async def arun(engine: str, steps: list[str]) -> list[dict[str, Any]]:
+    import time
+
+    from django.test import AsyncClient
+
+    observations = []
+    with override_settings(
+        SESSION_ENGINE=engine, MIDDLEWARE=_middleware(engine), ROOT_URLCONF=__name__
+    ):
+        client = AsyncClient()
+        for step in steps:
+            now = time.time()
+            response = await client.post(f"/aop/{step}/")
+            observation = _observe(response, now)
+            observation["step"] = step
+            observations.append(observation)
+            if engine == OUR_ENGINE:
+                _backup_follows(response, observation, now)
+    return observations
+
+
+def test_the_same_async_calls_get_the_same_answers() -> None:
+    from asgiref.sync import async_to_sync
+
+    theirs = async_to_sync(arun)(DJANGO_ENGINE, ASYNC_SCRIPT)
+    ours = async_to_sync(arun)(OUR_ENGINE, ASYNC_SCRIPT)
+    for their, our in zip(theirs, ours, strict=True):
+        assert our == their, f"step {their['step']!r}"
+
+
+# clear() ------------------------------------------------------------------------------------
+
+
+def _client_on(engine: str = OUR_ENGINE) -> Iterator[Client]:
+    with override_settings(
+        SESSION_ENGINE=engine, MIDDLEWARE=_middleware(engine), ROOT_URLCONF=__name__
+    ):
+        yield Client()
+
+
+@pytest.fixture
+def client() -> Iterator[Client]:
+    yield from _client_on()
+
+
+def test_clear_of_a_login_logs_out_for_good(client: Client) -> None:
+    """``session.clear()`` in a request that had not read the session ended nothing:
+    the save, not knowing the Redis copy, left it in place (with its login) and the
+    next request was served from it, logged in again."""
+    from django_resilient_sessions.models import UserSession
+
+    assert client.post("/op/set/").status_code == 200
+    assert client.post("/op/login/").json()["user"] == "alice"
+    stolen = {name: m.value for name, m in client.cookies.items() if m.value}
+    assert client.post("/op/clear/").json()["data"] == {}
+    after = client.post("/op/read/").json()
+    assert (after["data"], after["user"]) == ({}, None)
+    assert not UserSession.objects.active().exists()
+    replayed = Client()
+    for name, value in stolen.items():
+        replayed.cookies[name] = value
+    assert replayed.post("/op/read/").json()["user"] is None
+
+
+def test_clear_on_an_unknown_key_creates_no_session_under_it(
+    client: Client, redis_server: RedisServer
+) -> None:
+    """A key the client chose (never issued) must not become a session when a view
+    clears it (Django's ``cache`` engine refuses it with ``UpdateError``, a 400; here
+    the key is forgotten and its cookie deleted)."""
+    from tests.web import in_redis
+
+    chosen = "chosenbytheclient0123456789abcde"
+    client.cookies[settings.SESSION_COOKIE_NAME] = chosen
+    response = client.post("/op/clear/")
+    assert response.status_code == 200
+    assert response.cookies[settings.SESSION_COOKIE_NAME].value == ""
+    assert not in_redis(redis_server, chosen)
