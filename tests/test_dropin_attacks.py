@@ -574,7 +574,7 @@ class PickleSerializer:
     def loads(self, data: bytes) -> Any:
         import pickle
 
-        return pickle.loads(data)  # noqa: S301  # the site's choice (the test's subject)
+        return pickle.loads(data)  # the site's choice (the test's subject)
 
 
 def _seen_by_copy(server: RedisServer) -> dict[str, Any]:
@@ -661,3 +661,134 @@ def test_a_login_under_an_activated_time_zone_is_recorded_in_the_default_one(
     assert row.is_active
     fault_redis.kill()
     assert client.post("/op/read/").json()["user"] == "alice"
+
+
+# Django's RedisCache: credentials, another db, prefixes, versions, key functions --------------
+
+
+class PasswordRedis(RedisServer):
+    """A redis-server whose default user is off: only ``sess`` / ``s3cret`` gets in."""
+
+    def __init__(self) -> None:
+        acl = ("--user", "default", "off", "--user", "sess", "on", ">s3cret", "~*", "+@all")
+        super().__init__(extra_args=acl)
+
+    def client(self, **kwargs: Any) -> Any:
+        raw = super().client(username="sess", password="s3cret", **kwargs)
+        return raw
+
+    def db3(self) -> Any:
+        """A client of the database the session cache uses."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=1.0)
+
+    @property
+    def url(self) -> str:
+        return f"redis://sess:s3cret@127.0.0.1:{self.port}/3"
+
+
+def site_key(key: str, key_prefix: str, version: int) -> str:
+    return f"site|{key_prefix}|v{version}|{key}"
+
+
+@pytest.mark.parametrize("backend", ["django", "django-redis"])
+def test_a_cache_with_credentials_a_db_a_prefix_a_version_and_a_key_function(
+    client: Client, backend: str
+) -> None:
+    """Every Redis command of the engine, the breaker's probe and the bounded deletions
+    included, goes to the alias's own server, user, database and key names: a session
+    survives an outage, and a revocation made during it reaches Redis afterwards."""
+    from tests.redis_server import CACHE_BACKENDS
+
+    server = PasswordRedis()
+    with server:
+        path, options = CACHE_BACKENDS[backend]
+        caches = {
+            "default": {
+                "BACKEND": path,
+                "LOCATION": server.url,
+                "OPTIONS": options,
+                "KEY_PREFIX": "shop",
+                "VERSION": 2,
+                "KEY_FUNCTION": f"{__name__}.site_key",
+            }
+        }
+        with override_settings(CACHES=caches):
+            laptop, phone = client, Client()
+            for device in (laptop, phone):
+                assert device.post("/op/login/").json()["user"] == "alice"
+            assert laptop.post("/op/set/").json()["data"]["a"] == 1
+            with server.db3() as raw:
+                keys = [k.decode() for k in raw.scan_iter()]
+            assert keys and all(k.startswith("site|shop|v2|resilient_sessions:") for k in keys)
+            stolen = {name: m.value for name, m in laptop.cookies.items() if m.value}
+            server.kill()
+            assert laptop.post("/op/read/").json()["data"]["a"] == 1  # from the backup
+            from django_resilient_sessions import tracking
+            from django_resilient_sessions.models import UserSession
+            from tests.web import key_hash
+
+            mine = key_hash(phone.cookies[settings.SESSION_COOKIE_NAME].value)
+            others = UserSession.objects.exclude(key_hash=mine)
+            assert tracking.end(list(others.values_list("key_hash", flat=True)), "revoked")
+            server.restart()
+            import time
+
+            time.sleep(0.3)  # the cool-down: the next request probes, then drains
+            assert phone.post("/op/read/").json()["user"] == "alice"
+            phone.post("/op/read/")
+            thief = Client()
+            for name, value in stolen.items():
+                thief.cookies[name] = value
+            assert thief.post("/op/read/").json()["user"] is None
+            with server.db3() as raw:
+                found = {k.decode(): raw.get(k) for k in raw.scan_iter()}
+            assert any(v == b"\x00ended" for v in found.values())  # the tombstone, in db 3
+            assert phone.post("/op/read/").json()["user"] == "alice"
+            assert phone.get("/values/").json()["degraded"] is False  # the probe got in
+
+
+# Misconfigurations: a check error with an ID, and ImproperlyConfigured at start-up -----------
+
+
+def _our_check_ids() -> list[str]:
+    from django.core.checks import run_checks
+
+    return sorted(m.id or "" for m in run_checks() if (m.id or "").startswith("django_resil"))
+
+
+def _first_request_fails_to_build() -> str:
+    """What building the handler (a Client's first request) raises, by message."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured) as raised:
+        Client().get("/untouched/")
+    return str(raised.value)
+
+
+def test_django_redis_shard_client_is_refused_before_any_login() -> None:
+    """django-redis's ShardClient passed every check and the middleware's start-up test
+    (it has a ``get_client``), then answered every request with a 500 (its
+    ``get_client`` raises ``NotImplementedError``)."""
+    caches = {name: dict(config) for name, config in settings.CACHES.items()}
+    caches["default"]["LOCATION"] = [caches["default"]["LOCATION"]]
+    caches["default"]["OPTIONS"] = {
+        **caches["default"]["OPTIONS"],
+        "CLIENT_CLASS": "django_redis.client.ShardClient",
+    }
+    with override_settings(CACHES=caches, ROOT_URLCONF=__name__):
+        assert _our_check_ids() == ["django_resilient_sessions.E007"]
+        assert "no single primary" in _first_request_fails_to_build()
+
+
+@pytest.mark.parametrize("other", [OURS, DJANGO_MIDDLEWARE])
+def test_a_second_session_middleware_is_an_error_and_stops_start_up(other: str) -> None:
+    """Our middleware twice was not caught at all (each saved the session: two writes per
+    request); Django's beside ours was E005 only where checks run (elsewhere each
+    request saved twice, the second backup never sent: a renewal on every request)."""
+    middleware = list(settings.MIDDLEWARE)
+    middleware.insert(middleware.index(OURS), other)
+    with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__):
+        assert _our_check_ids() == ["django_resilient_sessions.E005"]
+        assert "SessionMiddleware" in _first_request_fails_to_build()
