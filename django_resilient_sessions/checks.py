@@ -220,6 +220,19 @@ def _class(path: str) -> type | None:
     return found if isinstance(found, type) else None
 
 
+def uses_our_engine() -> bool:
+    """Is ``SESSION_ENGINE`` this engine, or a site's own engine module whose
+    ``SessionStore`` subclasses it (as Django's docs show for extending an engine)?"""
+    if settings.SESSION_ENGINE == ENGINE:
+        return True
+    store = _class(settings.SESSION_ENGINE + ".SessionStore")
+    if store is None:
+        return False  # another engine, or one that does not import (Django says so at use)
+    from .backends.resilient import SessionStore
+
+    return issubclass(store, SessionStore)
+
+
 def _is(path: str, base: str) -> bool:
     """Is the middleware at ``path`` the class at ``base``, or a subclass of it?"""
     cls, parent = _class(path), _class(base)
@@ -297,7 +310,7 @@ def duplicated(middleware: list[str]) -> list[tuple[str, str]]:
 @register()
 def check_wiring(**kwargs: Any) -> list[CheckMessage]:
     middleware = list(settings.MIDDLEWARE)
-    ours_engine = settings.SESSION_ENGINE == ENGINE
+    ours_engine = uses_our_engine()
     position = next((i for i, path in enumerate(middleware) if _is(path, MIDDLEWARE)), None)
     errors: list[CheckMessage] = []
     if ours_engine and position is None:
@@ -461,7 +474,7 @@ def _check_cache() -> list[CheckMessage]:
 
 @register(Tags.security, deploy=True)
 def check_cookie_flags(**kwargs: Any) -> list[CheckMessage]:
-    if settings.SESSION_ENGINE != ENGINE:
+    if not uses_our_engine():
         return []
     warnings: list[CheckMessage] = []
     if not settings.SESSION_COOKIE_SECURE:

@@ -27,6 +27,7 @@ from django.urls import path
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from django_resilient_sessions.backends.resilient import SessionStore as ResilientStore
 from tests.redis_server import RedisServer
 from tests.web import PASSWORD
 
@@ -792,3 +793,36 @@ def test_a_second_session_middleware_is_an_error_and_stops_start_up(other: str) 
     with override_settings(MIDDLEWARE=middleware, ROOT_URLCONF=__name__):
         assert _our_check_ids() == ["django_resilient_sessions.E005"]
         assert "SessionMiddleware" in _first_request_fails_to_build()
+
+
+# A site's own engine module, subclassing ours (Django's docs: "extending" an engine) ------------
+
+
+class SessionStore(ResilientStore):
+    """This module as a ``SESSION_ENGINE``: keys of the site's own making."""
+
+    def _get_new_session_key(self) -> str:
+        return "site" + super()._get_new_session_key()[4:]
+
+
+def test_a_site_engine_subclassing_ours_is_checked_and_served_as_ours(
+    client: Client, fault_redis: RedisServer
+) -> None:
+    """It was taken for another engine: a false W002 ("sessions have no backup"), none of
+    the cache and routing checks (E006 to E011, W001), ``clearsessions`` without its
+    report and ``adoptsessions`` refused."""
+    import io
+
+    from django.core.management import call_command
+
+    with override_settings(SESSION_ENGINE=__name__):
+        assert _our_check_ids() == []
+        with override_settings(SESSION_CACHE_ALIAS="nowhere"):
+            assert _our_check_ids() == ["django_resilient_sessions.E006"]
+        assert client.post("/op/login/").json()["user"] == "alice"
+        assert client.cookies[settings.SESSION_COOKIE_NAME].value.startswith("site")
+        fault_redis.kill()
+        assert client.post("/op/read/").json()["user"] == "alice"  # from its backup
+        out = io.StringIO()
+        call_command("clearsessions", stdout=out)
+        assert out.getvalue().startswith("Sessions:")
