@@ -82,6 +82,7 @@ OPERATIONS: dict[str, Callable[[HttpRequest], Any]] = {
     "setdefault": lambda r: r.session.setdefault("d", [4]),
     "expiry_0": lambda r: r.session.set_expiry(0),
     "expiry_300": lambda r: r.session.set_expiry(300),
+    "expiry_2": lambda r: r.session.set_expiry(2),
     "expiry_datetime": lambda r: r.session.set_expiry(_in_five_minutes()),
     "expiry_timedelta": lambda r: r.session.set_expiry(datetime.timedelta(seconds=600)),
     "expiry_none": lambda r: r.session.set_expiry(None),
@@ -826,3 +827,31 @@ def test_a_site_engine_subclassing_ours_is_checked_and_served_as_ours(
         out = io.StringIO()
         call_command("clearsessions", stdout=out)
         assert out.getvalue().startswith("Sessions:")
+
+
+# A shorter expiry, enforced on the server --------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", [DJANGO_ENGINE, OUR_ENGINE])
+def test_a_login_past_a_shorter_set_expiry_is_over_on_the_server(engine: str) -> None:
+    """``set_expiry(2)`` after login, then the session id alone, replayed after the two
+    seconds (a stolen id; a client that ignores Max-Age): with Django's engine the cache
+    copy has expired, the request is anonymous.  Here the Redis copy had expired too,
+    but the ledger row still said "active" until the login's first expiry (two weeks),
+    so the login was served again from its row, and written back."""
+    import time
+
+    with (
+        override_settings(RESILIENT_SESSIONS={"ACTIVITY_UPDATE_INTERVAL": 1}),
+        override_settings(
+            SESSION_ENGINE=engine, MIDDLEWARE=_middleware(engine), ROOT_URLCONF=__name__
+        ),
+    ):
+        client = Client()
+        assert client.post("/op/login/").json()["user"] == "alice"
+        assert client.post("/op/expiry_2/").json()["data"]["_session_expiry"] == 2
+        stolen = client.cookies[settings.SESSION_COOKIE_NAME].value
+        time.sleep(3.5)  # the session's expiry, then the row's grace (1 s), pass
+        thief = Client()
+        thief.cookies[settings.SESSION_COOKIE_NAME] = stolen
+        assert thief.post("/op/read/").json()["user"] is None
