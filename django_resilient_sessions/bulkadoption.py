@@ -144,8 +144,8 @@ def _table(store: Any, size: int) -> Iterator[Batch]:
 
 
 def _timestamp(value: Any) -> float:
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value)
+    if timezone.is_naive(value):  # USE_TZ = False: in TIME_ZONE (see dbaccess.when)
+        value = timezone.make_aware(value, timezone.get_default_timezone())
     return float(value.timestamp())
 
 

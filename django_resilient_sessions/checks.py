@@ -7,7 +7,7 @@ ID                                          problem
 ``django_resilient_sessions.E002``          unknown key in ``RESILIENT_SESSIONS``
 ``django_resilient_sessions.E003``          bad value for a key
 ``django_resilient_sessions.E004``          engine is ours, our middleware (or subclass) missing
-``django_resilient_sessions.E005``          Django's ``SessionMiddleware`` is installed beside ours
+``django_resilient_sessions.E005``          another session middleware: Django's, or ours twice
 ``django_resilient_sessions.E006``          ``SESSION_CACHE_ALIAS`` is not in ``CACHES``
 ``django_resilient_sessions.E007``          that cache is not a supported Redis cache backend
 ``django_resilient_sessions.E008``          ``IGNORE_EXCEPTIONS`` is on for it
@@ -220,6 +220,19 @@ def _class(path: str) -> type | None:
     return found if isinstance(found, type) else None
 
 
+def uses_our_engine() -> bool:
+    """Is ``SESSION_ENGINE`` this engine, or a site's own engine module whose
+    ``SessionStore`` subclasses it (as Django's docs show for extending an engine)?"""
+    if settings.SESSION_ENGINE == ENGINE:
+        return True
+    store = _class(settings.SESSION_ENGINE + ".SessionStore")
+    if store is None:
+        return False  # another engine, or one that does not import (Django says so at use)
+    from .backends.resilient import SessionStore
+
+    return issubclass(store, SessionStore)
+
+
 def _is(path: str, base: str) -> bool:
     """Is the middleware at ``path`` the class at ``base``, or a subclass of it?"""
     cls, parent = _class(path), _class(base)
@@ -267,10 +280,37 @@ def misplaced(middleware: list[str]) -> list[tuple[str, str]]:
     ]
 
 
+def duplicated(middleware: list[str]) -> list[tuple[str, str]]:
+    """``(message, hint)`` when another session middleware runs beside ours: Django's,
+    or ours a second time (each would save the session again, and Django's sends no
+    backup with its save).  Also used by the middleware itself where checks do not run.
+    """
+    ours = [path for path in middleware if _is(path, MIDDLEWARE)]
+    if not ours:
+        return []
+    problems = []
+    if any(_is(path, DJANGO_MIDDLEWARE) and not _is(path, MIDDLEWARE) for path in middleware):
+        problems.append(
+            (
+                "Both Django's SessionMiddleware and the resilient one are installed.",
+                f"Remove {DJANGO_MIDDLEWARE!r} from MIDDLEWARE.",
+            )
+        )
+    if len(ours) > 1:
+        problems.append(
+            (
+                f"The resilient SessionMiddleware is installed {len(ours)} times "
+                f"({', '.join(ours)}).",
+                "Keep one of them in MIDDLEWARE.",
+            )
+        )
+    return problems
+
+
 @register()
 def check_wiring(**kwargs: Any) -> list[CheckMessage]:
     middleware = list(settings.MIDDLEWARE)
-    ours_engine = settings.SESSION_ENGINE == ENGINE
+    ours_engine = uses_our_engine()
     position = next((i for i, path in enumerate(middleware) if _is(path, MIDDLEWARE)), None)
     errors: list[CheckMessage] = []
     if ours_engine and position is None:
@@ -282,16 +322,8 @@ def check_wiring(**kwargs: Any) -> list[CheckMessage]:
                 id=ID + "E004",
             )
         )
-    if position is not None and any(
-        _is(path, DJANGO_MIDDLEWARE) and not _is(path, MIDDLEWARE) for path in middleware
-    ):
-        errors.append(
-            Error(
-                "Both Django's SessionMiddleware and the resilient one are installed.",
-                hint=f"Remove {DJANGO_MIDDLEWARE!r} from MIDDLEWARE.",
-                id=ID + "E005",
-            )
-        )
+    for message, hint in duplicated(middleware):
+        errors.append(Error(message, hint=hint, id=ID + "E005"))
     for message, hint in misplaced(middleware):
         errors.append(Error(message, hint=hint, id=ID + "E010"))
     if position is not None and not ours_engine:
@@ -382,6 +414,17 @@ def _check_cache() -> list[CheckMessage]:
             )
         ]
     options = config.get("OPTIONS", {})
+    client_class = str(options.get("CLIENT_CLASS", ""))
+    if django_redis and client_class and _is(client_class, "django_redis.client.ShardClient"):
+        return [
+            Error(
+                f"The session cache {alias!r} uses django-redis's ShardClient, which spreads "
+                "keys over several servers itself: the engine needs one primary.",
+                hint="Use DefaultClient or SentinelClient for the session cache (or, to "
+                f"spread sessions over several nodes, Redis Cluster with {CLUSTER_BACKEND!r}).",
+                id=ID + "E007",
+            )
+        ]
     errors: list[CheckMessage] = []
     ignore = options.get(
         "IGNORE_EXCEPTIONS", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)
@@ -431,7 +474,7 @@ def _check_cache() -> list[CheckMessage]:
 
 @register(Tags.security, deploy=True)
 def check_cookie_flags(**kwargs: Any) -> list[CheckMessage]:
-    if settings.SESSION_ENGINE != ENGINE:
+    if not uses_our_engine():
         return []
     warnings: list[CheckMessage] = []
     if not settings.SESSION_COOKIE_SECURE:

@@ -119,9 +119,10 @@ def one_statement() -> Any:
 
 
 def when(timestamp: float) -> datetime:
-    """A unix time as the database takes it (naive local time under ``USE_TZ = False``)."""
+    """A unix time as the database takes it (under ``USE_TZ = False``, naive in
+    ``TIME_ZONE``, as ``timezone.now()`` is: not in a zone a request activated)."""
     value = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
-    return value if settings.USE_TZ else timezone.make_naive(value)
+    return value if settings.USE_TZ else timezone.make_naive(value, timezone.get_default_timezone())
 
 
 def batches(items: Sequence[str], size: int = BATCH) -> Iterator[Sequence[str]]:

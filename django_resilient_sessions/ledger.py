@@ -88,8 +88,8 @@ class Login:
 
 
 def _timestamp(value: datetime) -> float:
-    if timezone.is_naive(value):
-        value = timezone.make_aware(value)
+    if timezone.is_naive(value):  # USE_TZ = False: in TIME_ZONE (see dbaccess.when)
+        value = timezone.make_aware(value, timezone.get_default_timezone())
     return value.timestamp()
 
 

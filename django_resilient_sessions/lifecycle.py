@@ -5,8 +5,8 @@ ledger's bookkeeping work the same from Redis and from a backup, without a
 query: ``_resilient_login_at`` (login time), ``_resilient_seen_at`` (last
 activity recorded in the ledger) and ``_resilient_row_expiry`` (the expiry the
 ledger row holds).  The ledger is written at login and when a renewal is due:
-once per ``ACTIVITY_UPDATE_INTERVAL``, or as soon as the session's expiry would
-run ahead of its row's by more than that (``set_expiry()``).
+once per ``ACTIVITY_UPDATE_INTERVAL``, or as soon as the session's expiry moves
+away from its row's by more than that, later or earlier (``set_expiry()``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def renewal_due(data: dict[str, Any], now: float, expires_at: float | None = Non
     interval = conf.ACTIVITY_UPDATE_INTERVAL
     if now - data.get(SEEN_AT_KEY, 0) >= interval:
         return True
-    return expires_at is not None and expires_at - data.get(ROW_EXPIRY_KEY, 0) > interval
+    # The session's expiry moved away from its row's by more than the grace, either
+    # way: later (the row would end first) or earlier (``set_expiry()`` shortened it,
+    # and the row would vouch for the login long after the session expired).
+    return expires_at is not None and abs(expires_at - data.get(ROW_EXPIRY_KEY, 0)) > interval
 
 
 def fingerprint(auth_hash: str) -> str:

@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 
 from . import client, cookies, requestscope
 from .backends.resilient import SessionStore as ResilientStore
-from .checks import misplaced
+from .checks import duplicated, misplaced
 from .exceptions import LedgerUnavailable, SessionLimitExceeded
 from .redisclient import RedisAccess
 
@@ -77,10 +77,10 @@ def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
 class SessionMiddleware(DjangoSessionMiddleware):
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)
-        # Where checks do not run (gunicorn, uvicorn), what check E010 sees fails here,
+        # Where checks do not run (gunicorn, uvicorn), what checks E005 and E010 see fails here,
         # when the handler is built: otherwise the first request would meet a reader's
         # own error, which names Django's SessionMiddleware.
-        problems = misplaced(list(settings.MIDDLEWARE))
+        problems = duplicated(list(settings.MIDDLEWARE)) + misplaced(list(settings.MIDDLEWARE))
         if problems:
             raise ImproperlyConfigured(" ".join(problems[0]))
         if issubclass(self.SessionStore, ResilientStore):

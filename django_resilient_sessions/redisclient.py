@@ -55,6 +55,13 @@ def _kind_of(cls: type) -> str | None:
     return None
 
 
+def _sharded(client: Any) -> bool:
+    """django-redis's ``ShardClient`` spreads keys over servers itself: no single primary."""
+    from django_redis.client import ShardClient
+
+    return isinstance(client, ShardClient)
+
+
 def cache_of(alias: str) -> Any:
     """``caches[alias]``, or ``ImproperlyConfigured`` saying why it cannot be had."""
     try:
@@ -81,7 +88,7 @@ class RedisAccess:
                 "django_resilient_sessions.cache.RedisClusterCache."
             )
         client = getattr(backend, "client", None)
-        if kind == DJANGO_REDIS and not hasattr(client, "get_client"):
+        if kind == DJANGO_REDIS and (not hasattr(client, "get_client") or _sharded(client)):
             raise ImproperlyConfigured(
                 f"The django-redis client of the session cache {alias!r} "
                 f"({type(client).__name__}) has no single primary; use DefaultClient "

@@ -108,6 +108,15 @@ class StoreState(SessionBase):
         self._check_storable(dict(dict_))
         await super().aupdate(dict_)
 
+    def clear(self) -> None:
+        # Django's clear() skips the load.  Here the next save must know what it
+        # replaces (the Redis copy's version, the login the ledger must end) and
+        # whether the key exists at all, or the old copy would win over the cleared
+        # one, its login would stay alive, and an unknown key would be created.
+        if self.session_key is not None and not self._loaded:
+            self._get_session()  # type: ignore[attr-defined]
+        super().clear()
+
     def _check_storable(self, values: dict[str, Any]) -> None:
         """Both copies go through ``SESSION_SERIALIZER``, so a view sees the same
         values whichever served it; a value it cannot take fails here, not later."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import bulkadoption
-from ...checks import ENGINE
+from ...checks import ENGINE, uses_our_engine
 from ...conf import conf
 
 #: Seconds between two progress lines when the output is not a terminal.
@@ -42,7 +41,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if settings.SESSION_ENGINE != ENGINE:
+        if not uses_our_engine():
             raise CommandError(f"SESSION_ENGINE is not {ENGINE!r}: nothing adopts the sessions.")
         if conf.PREVIOUS_ENGINE is None:
             raise CommandError("RESILIENT_SESSIONS['PREVIOUS_ENGINE'] is not set.")

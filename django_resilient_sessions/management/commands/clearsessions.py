@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.contrib.sessions.management.commands import clearsessions
 
 from ... import tracking
-from ...checks import ENGINE
+from ...checks import uses_our_engine
 
 
 class Command(clearsessions.Command):
     def handle(self, **options: Any) -> None:
-        if settings.SESSION_ENGINE != ENGINE:
+        if not uses_our_engine():
             return super().handle(**options)
         verbosity = options["verbosity"]
 
