@@ -10,7 +10,6 @@ ID                                          problem
 ``django_resilient_sessions.E005``          another session middleware: Django's, or ours twice
 ``django_resilient_sessions.E006``          ``SESSION_CACHE_ALIAS`` is not in ``CACHES``
 ``django_resilient_sessions.E007``          that cache is not a supported Redis cache backend
-``django_resilient_sessions.E008``          ``IGNORE_EXCEPTIONS`` is on for it
 ``django_resilient_sessions.E009``          backup cookie name clashes with another cookie
 ``django_resilient_sessions.E010``          our middleware comes after one that reads the session
 ``django_resilient_sessions.E011``          the ledger is routed to another database than the users
@@ -426,18 +425,8 @@ def _check_cache() -> list[CheckMessage]:
             )
         ]
     errors: list[CheckMessage] = []
-    ignore = options.get(
-        "IGNORE_EXCEPTIONS", getattr(settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)
-    )
-    if django_redis and ignore:
-        errors.append(
-            Error(
-                f"IGNORE_EXCEPTIONS is on for the session cache {alias!r}: outages look like "
-                "missing sessions, so users are logged out instead of served from backups.",
-                hint="Use a separate cache alias for sessions without IGNORE_EXCEPTIONS.",
-                id=ID + "E008",
-            )
-        )
+    # (No check of django-redis' IGNORE_EXCEPTIONS: the engine talks to Redis through
+    # the redis-py client, which that option does not wrap, so an outage is an outage.)
     if _is(backend, CLUSTER_BACKEND):
         ours = getattr(settings, "RESILIENT_SESSIONS", {})
         own = (

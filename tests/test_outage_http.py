@@ -115,6 +115,17 @@ def logged_in_with_values(**values: str) -> Client:
 # -- Redis killed -----------------------------------------------------------------------------
 
 
+@override_settings(DJANGO_REDIS_IGNORE_EXCEPTIONS=True)
+def test_ignore_exceptions_does_not_hide_an_outage(fault_redis: RedisServer) -> None:
+    """django-redis' IGNORE_EXCEPTIONS (here globally; no effect on Django's backend)
+    wraps its cache methods, not the redis-py client the engine uses: a killed Redis is
+    still an outage, served from the backup, not an empty Redis that logs users out."""
+    client = logged_in_with_values(a="1")
+    fault_redis.kill()
+    assert whoami(client) == {"user": USERNAME, "degraded": True}
+    assert get_values(client) == {"a": "1"}
+
+
 def test_redis_killed_user_keeps_session_and_it_is_written_back(fault_redis: RedisServer) -> None:
     client = logged_in_with_values(a="1", b="two")
     key = session_key(client)
