@@ -26,23 +26,20 @@ from django.conf import settings
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
-    SESSION_KEY,
-    get_user_model,
-    load_backend,
 )
-from django.contrib.auth.backends import ModelBackend
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from . import engines, ledger, lifecycle, previous, tracking
-from .adoption import ADOPTED_TAG, VERSION, expiry_age, resolve_user, storable, verified
+from . import bars, engines, ledger, lifecycle, previous, tracking
+from .adoption import ADOPTED_TAG, VERSION
 from .cachecopy import Entry, SessionCache, hash_key
 from .conf import UNTRACKED_KEY, conf
 from .dbaccess import db, when
 from .exceptions import CacheUnavailable, LedgerUnavailable
 from .models import AdoptedSession, UserSession
+from .vetting import expiry_age, storable, users_of
 
 __all__ = ["STORE_ERRORS", "Counts", "Item", "NotSupported", "adopt_all"]
 
@@ -86,6 +83,8 @@ class Counts:
     anonymous: int = 0
     already: int = 0
     adopted: int = 0
+    #: Logins refused with their session: their user's sessions were ended since (bars).
+    refused: int = 0
     #: The store's size when known (a table's row count), for a progress bar.
     total: int | None = None
     started: float = field(default_factory=time.monotonic)
@@ -187,37 +186,6 @@ def _cache_batch(cache: Any, client: Any, made: str, prefix: str, raw_keys: list
     return items, len(keys) - len(items)
 
 
-def users_of(items: list[Item]) -> dict[str, Any]:
-    """The user each login stands for (``resolve_user``), model backends in one query.
-
-    Sessions without a login Django would honour are left out.
-    """
-    users: dict[str, Any] = {}
-    by_pk: dict[Any, list[Item]] = {}
-    model = get_user_model()
-    for item in items:
-        path = item.data.get(BACKEND_SESSION_KEY)
-        if item.data.get(SESSION_KEY) is None or path not in settings.AUTHENTICATION_BACKENDS:
-            continue
-        backend = load_backend(str(path))
-        if type(backend).get_user is ModelBackend.get_user:
-            try:
-                by_pk.setdefault(model._meta.pk.to_python(item.data[SESSION_KEY]), []).append(item)
-            except Exception:  # an id that is no user's (ValidationError and the like)
-                continue
-        else:
-            user = resolve_user(item.data)
-            if user is not None:
-                users[item.key] = user
-    found = model._default_manager.in_bulk(list(by_pk))
-    for pk, user in found.items():
-        for item in by_pk[pk]:
-            backend = load_backend(str(item.data[BACKEND_SESSION_KEY]))
-            if backend.user_can_authenticate(user) and verified(user, item.data):  # type: ignore[attr-defined]
-                users[item.key] = user
-    return users
-
-
 def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
     hashes = {hash_key(item.key): item for item in items}
     known = AdoptedSession.objects.filter(key_hash__in=list(hashes))
@@ -225,13 +193,16 @@ def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
     counts.already += len(taken)
     fresh = [item for h, item in hashes.items() if h not in taken]
     users = users_of(fresh)
-    counts.logged_in += len(users)
     counts.anonymous += len(fresh) - len(users)
     if dry_run:
+        barred = bars.barred(bars.key_of(user) for user in users.values()) if users else {}
+        refused = sum(1 for user in users.values() if bars.key_of(user) in barred)
+        counts.refused += refused
+        counts.logged_in += len(users) - refused
         return
     leftovers = [hashes[h].key for h in taken]
     try:
-        _commit(fresh, users)
+        refused = _commit(fresh, users)
     except IntegrityError:
         if len(fresh) > 1:
             # A request adopted one of them meanwhile: one at a time, the others still go.
@@ -240,18 +211,27 @@ def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
                 adopt_batch([item], one, dry_run=False)
                 counts.adopted += one.adopted
                 counts.already += one.already
+                counts.refused += one.refused
+                counts.logged_in += one.logged_in
             _forget(leftovers)
             return
         counts.already += 1
+        counts.logged_in += len(users)
         leftovers.extend(i.key for i in fresh)
         _forget(leftovers)
         return
-    counts.adopted += len(fresh)
+    counts.refused += refused
+    counts.logged_in += len(users) - refused
+    counts.adopted += len(fresh) - refused
     _forget(leftovers + [item.key for item in fresh])
 
 
-def _commit(items: list[Item], users: dict[str, Any]) -> None:
-    """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it."""
+def _commit(items: list[Item], users: dict[str, Any]) -> int:
+    """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it.
+
+    Returns how many were refused (their user is barred, :mod:`.bars`): those get
+    their record only, no row, no copy.
+    """
     cache = SessionCache()
     probe = SessionBase()
     for item in items:
@@ -263,14 +243,19 @@ def _commit(items: list[Item], users: dict[str, Any]) -> None:
     copies: list[tuple[str, Entry, int]] = []
     written: list[str] = []
     engine = previous.engine()
+    refused = 0
     try:
         with transaction.atomic(using=db()):
             AdoptedSession.objects.bulk_create(
                 [AdoptedSession(key_hash=hash_key(i.key), engine=engine) for i in items]
             )
+            barred = _barred(users)
             for item in items:
                 key_hash = hash_key(item.key)
                 user = users.get(item.key)
+                if user is not None and bars.key_of(user) in barred:
+                    refused += 1  # (the stores listed in bulk do not tell when it was issued)
+                    continue
                 if user is None:
                     lifecycle.strip_login(item.data)
                 elif not ledger.tracks(user):
@@ -306,6 +291,18 @@ def _commit(items: list[Item], users: dict[str, Any]) -> None:
                     break
         raise
     tracking.settle(evicted)
+    return refused
+
+
+def _barred(users: dict[str, Any]) -> set[str]:
+    """The users of this batch whose adoption is barred, read after locking their rows
+    (a revocation running now either ends what this batch adopts, or bars it first)."""
+    if not users:
+        return set()
+    tracked = [user.pk for user in users.values() if ledger.tracks(user)]
+    if tracked:
+        bars.lock_users(tracked)
+    return set(bars.barred(bars.key_of(user) for user in users.values()))
 
 
 def _row(key_hash: str, user: Any, item: Item) -> UserSession:

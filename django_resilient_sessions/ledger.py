@@ -24,7 +24,7 @@ from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import health, outbox
+from . import bars, health, outbox
 from .conf import conf
 from .dbaccess import batches, db, guarded, one_statement, when
 from .devices import describe
@@ -36,7 +36,9 @@ logger = logging.getLogger("django_resilient_sessions")
 __all__ = [
     "batches",
     "cleanup_window",
+    "end_all",
     "end_rows",
+    "end_users",
     "is_active",
     "live_hashes",
     "rekey",
@@ -94,19 +96,27 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
             "last_activity",
             "expires_at",
             "live",
+            "end_reason",
         )[:1]
     )
     if not found:
         return Row.MISSING, None
-    owner, backend, auth_hash, created, seen, expires, active = found[0]
+    owner, backend, auth_hash, created, seen, expires, active, reason = found[0]
     if not active:
-        return Row.ENDED, None
+        return _over(reason), None
     if not (backend and auth_hash):
         return Row.MISSING, None  # recorded before rows kept their login
     login = Login(
         str(owner), backend, auth_hash, _timestamp(created), _timestamp(seen), _timestamp(expires)
     )
     return Row.ACTIVE, login
+
+
+def _over(reason: str) -> Row:
+    """A row that is no longer active: ``ENDED``, or ``MISSING`` when it ended because
+    the session moved to another engine (``exportsessions --finish``): the key is no
+    longer this engine's, and may be adopted back from there (``PREVIOUS_ENGINE``)."""
+    return Row.MISSING if reason == str(EndReason.EXPORTED) else Row.ENDED
 
 
 @guarded
@@ -119,8 +129,10 @@ def start(
     agent: str,
     backend: str = "",
     auth_hash: str = "",
+    *,
+    signed_origin: bool = False,
 ) -> tuple[bool, list[str]]:
-    """Record a login on this session.
+    """Record a login on this session (``signed_origin``: adopted from a signed cookie).
 
     Returns ``(recorded, evicted)``: ``recorded`` is ``False`` when the session
     limit refuses the login; ``evicted`` lists the sessions the limit ended to
@@ -131,7 +143,7 @@ def start(
     cannot pass the limit together.  A lock conflict (SQLite answers
     "database is locked" at once instead of waiting) is retried once.
     """
-    login = (backend, auth_hash)
+    login = (backend, auth_hash, signed_origin)
     try:
         return _start(key_hash, user_id, expires_at, version, ip, agent, login)
     except OperationalError:
@@ -149,7 +161,7 @@ def _start(
     version: int,
     ip: str | None,
     agent: str,
-    login: tuple[str, str],
+    login: tuple[str, str, bool],
 ) -> tuple[bool, list[str]]:
     now = timezone.now()
     device = describe(agent)
@@ -169,6 +181,7 @@ def _start(
         "backup_version": version,
         "auth_backend": login[0][:255],
         "auth_hash": login[1][:128],
+        "signed_origin": login[2],
     }
     evicted: list[str] = []
     with transaction.atomic(using=db()):
@@ -200,6 +213,7 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
     if conf.SESSION_LIMIT_POLICY == "refuse":
         return None
     evicted = list(others.values_list("key_hash", flat=True)[:excess])
+    bars.after_end(evicted, now)
     UserSession.objects.filter(key_hash__in=evicted).update(
         ended_at=now, end_reason=str(EndReason.LIMIT)
     )
@@ -242,12 +256,14 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
     found = list(
         UserSession.objects.filter(key_hash=key_hash)
         .annotate(live=live)
-        .values_list("user_id", "backup_version", "live")[:1]
+        .values_list("user_id", "backup_version", "live", "end_reason")[:1]
     )
     if not found:
         return Row.MISSING, 0
-    owner, served, active = found[0]
-    if not active or str(owner) != str(user_id):
+    owner, served, active, reason = found[0]
+    if not active:
+        return _over(reason), served
+    if str(owner) != str(user_id):
         return Row.ENDED, served
     return (Row.AHEAD if version < served else Row.ACTIVE), served
 
@@ -273,19 +289,69 @@ def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> i
     stays queued for the drain.  So an end is recorded with its purge, or not
     at all.
     """
-    ended = 0
     now = timezone.now()
     with transaction.atomic(using=db()):
-        for batch in batches(list(key_hashes)):
-            ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
-                ended_at=now, end_reason=reason
-            )
-            if queue:
-                outbox.add(batch)
+        ended = _end(list(key_hashes), reason, now, queue=queue)
+    _count_ended(ended, reason)
+    return ended
+
+
+def _end(hashes: list[str], reason: str, now: datetime, *, queue: bool = True) -> int:
+    """The body of an end, inside the caller's transaction."""
+    ended = 0
+    for batch in batches(hashes):
+        bars.after_end(batch, now)
+        ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
+            ended_at=now, end_reason=reason
+        )
+        if queue:
+            outbox.add(batch)
+    return ended
+
+
+def _count_ended(ended: int, reason: str) -> None:
     if ended:
         health.count(
             "sessions_ended", ended, label=reason if reason in EndReason.values else "other"
         )
+
+
+@guarded
+def end_users(
+    user_pks: Sequence[Any], reason: str, *, keep: Sequence[str] = (), active_only: bool = False
+) -> tuple[int, list[str]]:
+    """End every session of these users but those in ``keep`` (key hashes), in one
+    transaction; returns ``(how many ended, their hashes)``, queued as by :func:`end_rows`.
+
+    ``active_only``: leave alone the rows that expired without being marked ended
+    (``clearsessions`` marks them).  While ``PREVIOUS_ENGINE`` is set, the same
+    transaction bars these users' sessions still in the previous store
+    (:mod:`.bars`), after locking their rows, so that an adoption of one of them
+    cannot slip past the revocation.
+    """
+    now = timezone.now()
+    barring = bars.watching()
+    with transaction.atomic(using=db()):
+        if barring:
+            bars.lock_users(user_pks)
+        rows = UserSession.objects.filter(user_id__in=list(user_pks), ended_at__isnull=True)
+        if active_only:
+            rows = rows.filter(active_q(now))
+        hashes = list(rows.exclude(key_hash__in=list(keep)).values_list("key_hash", flat=True))
+        ended = _end(hashes, reason, now)
+        if barring:
+            bars.raise_for((str(pk) for pk in user_pks), now)
+    _count_ended(ended, reason)
+    return ended, hashes
+
+
+@guarded
+def end_all(first: int, size: int, reason: str) -> int:
+    """End every row not ended yet among primary keys ``[first, first+size)`` (no
+    Redis deletion queued: the caller deals with Redis as a whole)."""
+    window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size, ended_at__isnull=True)
+    with one_statement():
+        ended: int = window.update(ended_at=timezone.now(), end_reason=reason)
     return ended
 
 
@@ -320,6 +386,7 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
         # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
         hashes = list(expired.values_list("key_hash", flat=True))
+        bars.after_end(hashes, now)
         window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
         outbox.add(hashes)  # the outbox: see end_rows
         deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
