@@ -8,9 +8,9 @@ it, the session is taken over:
 1. its login, if any, is resolved as ``django.contrib.auth.get_user()`` would
    (a backend no longer in ``AUTHENTICATION_BACKENDS``, a deleted or inactive
    user, or a session auth hash that no longer matches, after a password
-   change, drops the login, as Django would); a login whose user's sessions
-   were ended after it was issued (an adoption bar, :mod:`.bars`) refuses the
-   whole session: it is recorded as adopted and deleted from the previous
+   change, drops the login, as Django would); a login naming a user whose
+   sessions were ended after it was issued (an adoption bar, :mod:`.bars`)
+   refuses the whole session: it is recorded as adopted and deleted from the previous
    store, and nothing is served;
 2. in one transaction: an :class:`~.models.AdoptedSession` record (unique on
    the key's hash: of two requests adopting it at once, the second fails here
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
@@ -190,7 +190,8 @@ def _commit(
             if over:
                 # What this engine held of it is over: the previous store's copy replaces it.
                 ledger.end_rows([new_hash], str(EndReason.EXPORTED), queue=False)
-            if user is not None and bars.refuses_login(user, found.issued_at):
+            claimed = found.data.get(SESSION_KEY)
+            if claimed is not None and bars.refuses_login(str(claimed), found.issued_at):
                 done.refused = True
                 return done
             if user is None:

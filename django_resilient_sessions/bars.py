@@ -16,8 +16,9 @@ does):
   earlier value is still a valid signed cookie for ``SESSION_COOKIE_AGE``;
   they were all signed before the end, so none of them is adopted either.
 
-Adoption (lazy and bulk) then refuses the login of a barred user for any
-session of the previous store issued before the bar: for a table or a cache
+Adoption (lazy and bulk) then refuses a session of the previous store whose
+login names a barred user (``_auth_user_id``, whether or not Django would still
+honour that login) when it was issued before the bar: for a table or a cache
 every one of them (their issue time is unknown, and the switch came first);
 for a signed cookie, those whose signing time is not after the bar.  A refused
 session is over: it is not adopted, not even its anonymous data, and is
@@ -36,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.utils import timezone
 
 from . import engines
@@ -50,6 +51,7 @@ __all__ = [
     "clear",
     "key_of",
     "lock_users",
+    "pks_of",
     "raise_for",
     "refuses",
     "refuses_login",
@@ -115,9 +117,9 @@ def lock_users(user_pks: Sequence[Any]) -> None:
     read what the other writes (the user's live rows, the user's bar), so an
     adoption that commits during a revocation is either ended by it or refused.
     """
-    model = UserSession._meta.get_field("user").related_model
-    assert isinstance(model, type)
-    list(model._default_manager.select_for_update().filter(pk__in=list(user_pks)).values("pk"))
+    if user_pks:
+        manager = _user_model()._default_manager
+        list(manager.select_for_update().filter(pk__in=list(user_pks)).values("pk"))
 
 
 # Reading bars ------------------------------------------------------------------------------
@@ -144,16 +146,32 @@ def barred(user_keys: Iterable[str]) -> dict[str, float]:
 
 
 @guarded
-def refuses_login(user: Any, issued_at: float | None) -> bool:
-    """Inside an adoption's transaction: is this login barred?  The user's row is
-    locked first (see :func:`lock_users`) when it is one the ledger tracks."""
-    model = UserSession._meta.get_field("user").related_model
-    if isinstance(model, type) and isinstance(user, model):
-        lock_users([user.pk])
-    since = (
-        AdoptionBar.objects.filter(user_key=key_of(user)).values_list("since", flat=True).first()
-    )
+def refuses_login(user_key: str, issued_at: float | None) -> bool:
+    """Inside an adoption's transaction: is a login of ``user_key`` (the session's
+    ``_auth_user_id``) issued at ``issued_at`` barred?  The user's row, if there is
+    one, is locked first (see :func:`lock_users`)."""
+    lock_users(pks_of([user_key]))
+    since = AdoptionBar.objects.filter(user_key=user_key).values_list("since", flat=True).first()
     return refuses(None if since is None else _timestamp(since), issued_at)
+
+
+def pks_of(user_keys: Iterable[str]) -> list[Any]:
+    """The primary keys these user keys stand for (those that cannot be one left out)."""
+    field = _user_model()._meta.pk
+    assert field is not None
+    pks = []
+    for key in user_keys:
+        try:
+            pks.append(field.to_python(key))
+        except (ValidationError, ValueError, TypeError):
+            continue  # no user has it: nothing to lock
+    return pks
+
+
+def _user_model() -> type[Any]:
+    model = UserSession._meta.get_field("user").related_model
+    assert isinstance(model, type)
+    return model
 
 
 # Lifting them ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
+    SESSION_KEY,
 )
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
@@ -193,44 +194,45 @@ def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
     counts.already += len(taken)
     fresh = [item for h, item in hashes.items() if h not in taken]
     users = users_of(fresh)
-    counts.anonymous += len(fresh) - len(users)
+    claims = {i.key: str(i.data[SESSION_KEY]) for i in fresh if i.data.get(SESSION_KEY) is not None}
     if dry_run:
-        barred = bars.barred(bars.key_of(user) for user in users.values()) if users else {}
-        refused = sum(1 for user in users.values() if bars.key_of(user) in barred)
-        counts.refused += refused
-        counts.logged_in += len(users) - refused
+        barred = bars.barred(claims.values()) if claims else {}
+        _classify(counts, fresh, users, {k for k, user in claims.items() if user in barred})
         return
     leftovers = [hashes[h].key for h in taken]
     try:
-        refused = _commit(fresh, users)
+        refused = _commit(fresh, users, claims)
     except IntegrityError:
         if len(fresh) > 1:
             # A request adopted one of them meanwhile: one at a time, the others still go.
             for item in fresh:
                 one = Counts()
                 adopt_batch([item], one, dry_run=False)
-                counts.adopted += one.adopted
-                counts.already += one.already
-                counts.refused += one.refused
-                counts.logged_in += one.logged_in
+                for name in ("adopted", "already", "refused", "logged_in", "anonymous"):
+                    setattr(counts, name, getattr(counts, name) + getattr(one, name))
             _forget(leftovers)
             return
         counts.already += 1
-        counts.logged_in += len(users)
         leftovers.extend(i.key for i in fresh)
         _forget(leftovers)
         return
-    counts.refused += refused
-    counts.logged_in += len(users) - refused
-    counts.adopted += len(fresh) - refused
+    _classify(counts, fresh, users, refused)
+    counts.adopted += len(fresh) - len(refused)
     _forget(leftovers + [item.key for item in fresh])
 
 
-def _commit(items: list[Item], users: dict[str, Any]) -> int:
+def _classify(counts: Counts, fresh: list[Item], users: dict[str, Any], refused: set[str]) -> None:
+    counts.refused += len(refused)
+    counts.logged_in += len(set(users) - refused)
+    counts.anonymous += len(fresh) - len(set(users) | refused)
+
+
+def _commit(items: list[Item], users: dict[str, Any], claims: dict[str, str]) -> set[str]:
     """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it.
 
-    Returns how many were refused (their user is barred, :mod:`.bars`): those get
-    their record only, no row, no copy.
+    ``claims``: the user each login names (``_auth_user_id``), by key.  Returns the
+    keys refused (their user is barred, :mod:`.bars`): those get their record only,
+    no row, no copy.
     """
     cache = SessionCache()
     probe = SessionBase()
@@ -243,18 +245,18 @@ def _commit(items: list[Item], users: dict[str, Any]) -> int:
     copies: list[tuple[str, Entry, int]] = []
     written: list[str] = []
     engine = previous.engine()
-    refused = 0
+    refused: set[str] = set()
     try:
         with transaction.atomic(using=db()):
             AdoptedSession.objects.bulk_create(
                 [AdoptedSession(key_hash=hash_key(i.key), engine=engine) for i in items]
             )
-            barred = _barred(users)
+            barred = _barred(claims)
             for item in items:
                 key_hash = hash_key(item.key)
                 user = users.get(item.key)
-                if user is not None and bars.key_of(user) in barred:
-                    refused += 1  # (the stores listed in bulk do not tell when it was issued)
+                if claims.get(item.key) in barred:
+                    refused.add(item.key)  # (these stores do not tell when it was issued)
                     continue
                 if user is None:
                     lifecycle.strip_login(item.data)
@@ -294,15 +296,14 @@ def _commit(items: list[Item], users: dict[str, Any]) -> int:
     return refused
 
 
-def _barred(users: dict[str, Any]) -> set[str]:
-    """The users of this batch whose adoption is barred, read after locking their rows
-    (a revocation running now either ends what this batch adopts, or bars it first)."""
-    if not users:
+def _barred(claims: dict[str, str]) -> set[str]:
+    """The users named by this batch's logins whose adoption is barred, read after
+    locking their rows (a revocation running now either ends what this batch
+    adopts, or bars it first)."""
+    if not claims:
         return set()
-    tracked = [user.pk for user in users.values() if ledger.tracks(user)]
-    if tracked:
-        bars.lock_users(tracked)
-    return set(bars.barred(bars.key_of(user) for user in users.values()))
+    bars.lock_users(bars.pks_of(set(claims.values())))
+    return set(bars.barred(claims.values()))
 
 
 def _row(key_hash: str, user: Any, item: Item) -> UserSession:

@@ -210,7 +210,7 @@ class AdoptionBar(models.Model):
     sessions while ``PREVIOUS_ENGINE`` is set: by a revocation of all of a
     user's sessions (which cannot reach those still in the previous store), and
     by the end of a session adopted from a signed cookie (whose earlier values
-    are still valid signed cookies).  See :mod:`.bars`.
+    are still valid signed cookies).  See ``django_resilient_sessions.bars``.
 
     ``user_key`` is the user's primary key as a string, as a session holds it
     (``_auth_user_id``): not a foreign key, so that deleting a user (which ends

@@ -129,7 +129,7 @@ def end_user_sessions(
     """End every session of ``user`` except the one whose key hash is ``keep``.
 
     While ``PREVIOUS_ENGINE`` is set, this also bars the adoption of the user's
-    sessions still in the previous store (:mod:`.bars`), in the same transaction.
+    sessions still in the previous store (``bars``), in the same transaction.
     ``active_only``: leave alone the rows that expired without being marked ended.
     """
     ended, hashes = ledger.end_users(
@@ -166,7 +166,7 @@ class Cleanup:
     purged: int = 0
     expired: int = 0
     deleted: int = 0
-    #: Adoption bars lifted (see :func:`.bars.clear`).
+    #: Adoption bars lifted (see ``bars.clear()``).
     bars: int = 0
 
 
