@@ -42,7 +42,7 @@ from django.utils import timezone
 
 from . import engines
 from .conf import conf
-from .dbaccess import guarded
+from .dbaccess import batches, guarded
 from .models import AdoptionBar, UserSession
 
 __all__ = [
@@ -104,9 +104,12 @@ def after_end(key_hashes: Sequence[str], now: datetime) -> None:
     """
     if not key_hashes or not previous_is_signed():
         return
-    users = UserSession.objects.filter(
-        key_hash__in=list(key_hashes), ended_at__isnull=True, signed_origin=True
-    ).values_list("user_id", flat=True)
+    users: list[Any] = []
+    for batch in batches(list(key_hashes)):
+        rows = UserSession.objects.filter(
+            key_hash__in=batch, ended_at__isnull=True, signed_origin=True
+        )
+        users.extend(rows.values_list("user_id", flat=True))
     raise_for((str(pk) for pk in users), now)
 
 
@@ -118,8 +121,8 @@ def lock_users(user_pks: Sequence[Any]) -> None:
     adoption that commits during a revocation is either ended by it or refused.
     """
     if user_pks:
-        manager = _user_model()._default_manager
-        list(manager.select_for_update().filter(pk__in=list(user_pks)).values("pk"))
+        rows = _user_model()._default_manager.select_for_update().filter(pk__in=list(user_pks))
+        list(rows.order_by("pk").values("pk"))  # in one order: two lockers cannot deadlock
 
 
 # Reading bars ------------------------------------------------------------------------------
