@@ -258,3 +258,22 @@ def test_finish_keeps_the_tombstones_and_can_run_again(redis_server: RedisServer
         )
         assert state(moved(bob))["user"] == "bob", "the stock engine serves its mirror"
     assert list(redis.scan_iter()) == tombstones
+
+
+def test_two_requests_handing_back_the_same_session_at_once() -> None:
+    """The second read the copy from before leaving, then the first handed the session back
+    (adopted it and deleted it from the stock store): the second serves what the first
+    adopted, and adopts nothing twice."""
+    from django_resilient_sessions import handback
+    from django_resilient_sessions.backends.resilient import SessionStore
+
+    before = leave_and_use_the_stock_engine(finish=False)
+    with resilient_site(DB):
+        late = SessionStore(before["bob"]["sessionid"], backup=before["bob"]["sessionbackup"])
+        stale = late._cache.read(late.key_hash)
+        assert stale.entry is not None and handback.marked(stale.entry.data)
+        assert state(replay(before["bob"]))["data"] == {"cart": "2 pears"}  # the first
+        data = handback.hand_back(late, stale)
+        assert data is not None and data["cart"] == "2 pears"
+        assert late.keep_cookie, "the first request's response sets the cookies"
+    assert UserSession.objects.filter(user__username="bob").count() == 1
