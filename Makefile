@@ -1,19 +1,22 @@
 # Build and test entry points for django-resilient-sessions.
 #
-#   make venv               create .venv and install the package with [test,dev,bench] extras
+#   make venv               create .venv: the package (editable) and the `dev` dependency group
+#                           (test, lint, bench, docs, matrix and dist tools; pip >= 25.1)
 #   make redis              make sure a redis-server binary is available (tests start their own)
 #   make chromium           make sure Debian's Chromium is there for the browser test (tests/e2e)
 #   make demo               run the example site (example_project/) on http://127.0.0.1:8000
 #   make lint               ruff check, ruff format --check, mypy
 #   make docs               the documentation site (Sphinx, warnings are errors) into
-#                           docs/_build/html; installs the `docs` dependency group
+#                           docs/_build/html
+#   make dist               build the sdist and the wheel into dist/ and check them
+#                           (twine check --strict)
 #   make messages           update the translation catalogs (django_resilient_sessions/locale/) and
 #                           compile them (needs GNU gettext; the .mo files are committed, so
 #                           neither tests nor installs need it)
-#   make test               lint + docs + pytest (SQLite) + pytest (PostgreSQL, if reachable)
-#                           + Django's own session test suite against our engine
+#   make test               lint + docs + dist + pytest (SQLite) + pytest (PostgreSQL, if
+#                           reachable) + Django's own session test suite against our engine
 #                           + the django-allauth site (make test-allauth)
-#                           + the Django 4.2 run + the peer suites (make test-peer)
+#                           + the supported matrix (make test-matrix) + the peer suites
 #   make test-sqlite        pytest with DRS_TEST_DB=sqlite
 #   make test-postgres      pytest with DRS_TEST_DB=postgres (needs PostgreSQL on DRS_TEST_PG_HOST:PORT)
 #   make test-adoption      adoptsessions over 10,000 and 100,000 sessions with flat memory
@@ -22,7 +25,9 @@
 #   make test-django-suite  Django's sessions_tests run against our session engine
 #   make test-allauth       django-allauth (login, logout, sessions page, headless API) next to
 #                           our engine through Redis outages (SQLite, then PostgreSQL if reachable)
-#   make test-django42      the suite on Django 4.2 LTS + django-redis 6 (own venv, SQLite)
+#   make test-matrix        every supported Django x Python pair and the lowest dependency
+#                           versions, one nox session each (noxfile.py; Pythons from pyenv
+#                           or PATH): the suite and Django's session tests, on SQLite
 #   make django-suite-fetch download Django's sessions_tests for the installed Django version
 #   make test-peer          peer suites: Django's own tests of the session-using apps (SQLite and
 #                           PostgreSQL, USE_TZ off and on) and django-allauth's suite, each with
@@ -31,10 +36,14 @@
 #   make peer-fetch         download those suites (Django's and allauth's sdists) into .cache/
 #   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
 #                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
+#   make chaos-cluster      the chaos run against a 3-master, 3-replica Redis Cluster: a master
+#                           killed, a shard down, slots resharded, a node hung, the cluster
+#                           restarted empty (python -m chaos cluster; short form in make test)
 #   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
-#   make bench              benchmarks against Django's engines (~8 min; needs PostgreSQL):
+#   make bench              benchmarks against Django's engines, Redis Cluster against standalone
+#                           Redis, the sizing measurements (~12 min; needs PostgreSQL):
 #                           writes benchmarks/results/ (JSON, latest.md, PNG charts)
-#   make bench-smoke        the same with tiny counts (~15 s), into benchmarks/results/smoke/
+#   make bench-smoke        the same with tiny counts (~1 min), into benchmarks/results/smoke/
 #   make wrk                make sure wrk is there for `make bench` (else a Python load generator)
 #   make clean              remove the venv, caches and build/test artifacts
 #
@@ -42,6 +51,7 @@
 # Extra chaos/fuzz arguments: make chaos CHAOS_ARGS="--users 20 --faults kill,hang"
 # Extra benchmark arguments: make bench BENCH_ARGS="--sections ops --cheap-reps 2000"
 # Extra peer arguments: make test-peer PEER_ARGS="--suite django --mode sqlite-tz --apps core"
+# Extra nox arguments: make test-matrix NOX_ARGS="-s django6.1-py3.13 -- -x"
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -53,6 +63,7 @@ CHAOS_ARGS ?=
 FUZZ_ARGS ?=
 BENCH_ARGS ?=
 PEER_ARGS ?=
+NOX_ARGS ?=
 
 DRS_TEST_PG_HOST ?= 127.0.0.1
 DRS_TEST_PG_PORT ?= 5432
@@ -72,9 +83,9 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 		$(BIN)/python -c 'import os, socket; socket.create_connection((os.environ["DRS_TEST_PG_HOST"], int(os.environ["DRS_TEST_PG_PORT"])), timeout=3).close()' >/dev/null 2>&1; \
 	fi
 
-.PHONY: help venv redis chromium demo lint docs messages gettext test test-sqlite test-postgres \
-	test-django-suite test-allauth django-suite-fetch test-django42 peer-fetch test-peer bench \
-	bench-smoke wrk chaos fuzz clean test-adoption
+.PHONY: help venv redis chromium demo lint docs dist messages gettext test test-sqlite \
+	test-postgres test-django-suite test-allauth django-suite-fetch test-matrix peer-fetch \
+	test-peer bench bench-smoke wrk chaos chaos-cluster fuzz clean test-adoption
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -82,10 +93,11 @@ help:
 venv: $(STAMP)
 
 # Re-installs whenever pyproject.toml is newer than the stamp (or the venv is missing).
+# The tools are PEP 735 dependency groups of pyproject.toml, which pip reads from 25.1 on.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,dev,bench]'
+	$(BIN)/python -m pip install --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install -e . --group dev
 	@touch $@
 
 redis:
@@ -139,20 +151,18 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The documentation tools: the PEP 735 `docs` group of pyproject.toml, installed into the
-# same venv (pip >= 25.1 reads groups; $(STAMP) has upgraded pip). A stamp of its own.
-DOCS_STAMP := $(VENV)/.drs-docs
-
-$(DOCS_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --upgrade 'pip>=25.1'
-	$(BIN)/python -m pip install --group docs
-	@touch $@
-
 # A full build every time (-E): Sphinx reports a page's warnings only when it reads it.
 # -W --keep-going: every warning is an error, all of them listed; -n: every unresolved
-# reference too.
-docs: $(DOCS_STAMP)
+# reference too. (The `docs` group, in `dev`; Read the Docs installs it alone.)
+docs: venv
 	$(BIN)/sphinx-build -E -W --keep-going -n -b html docs docs/_build/html
+
+# The sdist, then the wheel built from it (python -m build), checked as PyPI renders and
+# validates them. What the sdist holds is tests/test_packaging.py's business.
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 # GNU gettext (xgettext, msgmerge, msgfmt) for `make messages`: installed with apt-get when
 # missing and we are root.
@@ -177,6 +187,7 @@ messages: venv gettext
 test: venv redis chromium
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory docs
+	@$(MAKE) --no-print-directory dist
 	@$(MAKE) --no-print-directory test-sqlite
 	@if $(PG_READY); then \
 		$(MAKE) --no-print-directory test-postgres; \
@@ -189,7 +200,7 @@ test: venv redis chromium
 	@$(MAKE) --no-print-directory test-adoption
 	@$(MAKE) --no-print-directory test-django-suite
 	@$(MAKE) --no-print-directory test-allauth
-	@$(MAKE) --no-print-directory test-django42
+	@$(MAKE) --no-print-directory test-matrix
 	@$(MAKE) --no-print-directory test-peer
 
 test-sqlite: venv redis chromium
@@ -237,22 +248,12 @@ test-allauth: venv redis
 		echo "PostgreSQL does not answer on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT): skipping the allauth PostgreSQL run"; \
 	fi
 
-# The other supported LTS line: Django 4.2 with django-redis 6, in a venv of its own, on
-# SQLite (the browser, chaos, multi-worker and benchmark tests run once, on the main venv).
-VENV42 ?= .venv-django42
-STAMP42 := $(VENV42)/.drs-installed
-
-$(STAMP42): pyproject.toml
-	@test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
-	$(VENV42)/bin/python -m pip install --upgrade pip
-	$(VENV42)/bin/python -m pip install -e '.[test]' 'Django>=4.2,<5.0' 'django-redis>=6,<7'
-	@touch $@
-
-test-django42: $(STAMP42) redis
-	@mkdir -p $(ARTIFACTS)
-	DRS_TEST_DB=sqlite $(VENV42)/bin/pytest -p no:cacheprovider \
-		--ignore=tests/e2e --ignore=tests/test_multiworker.py --ignore=tests/test_chaos_short.py \
-		--ignore=tests/test_bench_smoke.py --junitxml=$(ARTIFACTS)/junit-django42.xml $(PYTEST_ARGS)
+# The supported matrix (noxfile.py): a virtualenv per session under .nox/ (made by uv,
+# from the `matrix` group), SQLite, on the Pythons pyenv or PATH has. Each session runs the
+# suite and Django's own session tests of its Django release; JUnit files go to
+# $(ARTIFACTS)/nox/.
+test-matrix: venv redis
+	ARTIFACTS=$(ARTIFACTS) $(BIN)/nox $(NOX_ARGS)
 
 # The peer suites (tests/peer/) in a venv of their own: the main venv's exact versions
 # (pip freeze as constraints, so Django is the installed one) plus the suites' test
@@ -305,11 +306,19 @@ chaos: venv redis
 		exit 1; }
 	$(BIN)/python -m chaos run --db postgres $(CHAOS_ARGS)
 
+# The chaos run against a private Redis Cluster (about 4 minutes) against PostgreSQL.
+chaos-cluster: venv redis
+	@$(PG_READY) || { \
+		echo "error: make chaos-cluster needs PostgreSQL on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" \
+			"(or run: $(BIN)/python -m chaos cluster --db sqlite)" >&2; \
+		exit 1; }
+	$(BIN)/python -m chaos cluster --db postgres $(CHAOS_ARGS)
+
 # The full HTTP fuzz of the session and backup cookies (PostgreSQL when reachable).
 fuzz: venv redis
 	$(BIN)/python -m chaos fuzz --db auto $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV42) $(VENV_PEER) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
+	rm -rf $(VENV) $(VENV_PEER) .nox build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis \
 		$(ARTIFACTS) .cache example_project/demo.sqlite3 docs/_build
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -131,35 +131,43 @@ def start_servers(
     servers: dict[tuple[str, str], Server] = {}
     try:
         for engine, state in pairs:
-            port = free_port()
-            log = env.workdir / f"gunicorn-{engine}-{state}.log"
-            args = [
-                sys.executable, "-m", "gunicorn", "benchmarks.site.wsgi:application",
-                "--bind", f"{HOST}:{port}",
-                "--workers", str(workers),
-                "--worker-class", "sync",
-                "--timeout", "120",
-                "--graceful-timeout", "5",
-                "--log-level", "warning",
-                "--error-logfile", str(log),
-                "--no-control-socket",
-            ]  # fmt: skip
-            process = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env.subprocess_env(engine, redis[state].url),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                preexec_fn=PREEXEC,
-            )
-            servers[(engine, state)] = Server(engine, state, port, process, log)
+            child = env.subprocess_env(engine, redis[state].url)
+            servers[(engine, state)] = start_server(env, engine, state, child, workers)
         for server in servers.values():
             _wait_ready(server)
     except BaseException:
         stop_servers(servers)
         raise
     return servers
+
+
+def start_server(
+    env: BenchEnv, engine: str, state: str, child_env: dict[str, str], workers: int
+) -> Server:
+    """One gunicorn serving the bench site with ``child_env`` (not waited for)."""
+    port = free_port()
+    log = env.workdir / f"gunicorn-{engine}-{state}.log".replace(" ", "-")
+    args = [
+        sys.executable, "-m", "gunicorn", "benchmarks.site.wsgi:application",
+        "--bind", f"{HOST}:{port}",
+        "--workers", str(workers),
+        "--worker-class", "sync",
+        "--timeout", "120",
+        "--graceful-timeout", "5",
+        "--log-level", "warning",
+        "--error-logfile", str(log),
+        "--no-control-socket",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=child_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=PREEXEC,
+    )
+    return Server(engine, state, port, process, log)
 
 
 def _wait_ready(server: Server, timeout: float = 120.0) -> None:

@@ -188,6 +188,12 @@ def markdown(results: dict[str, Any]) -> str:
         from benchmarks import adoption
 
         lines += ["", *adoption.table(results["adoption"])]
+    if "cluster" in results:
+        from benchmarks import cluster
+
+        lines += ["", *cluster.markdown(results["cluster"])]
+    if "sizing" in results:
+        lines += ["", "Sizing measurements and model: `sizing.md` (docs/sizing.md)."]
     for note in _notes(results):
         lines += ["", note]
     if results.get("profiles"):

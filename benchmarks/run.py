@@ -1,15 +1,18 @@
 """Command line: ``python -m benchmarks [--smoke] [options]`` (``make bench``, ``bench-smoke``).
 
 Runs, in one go and against one private redis-server and one database, the per-operation
-timings (:mod:`.ops`), the HTTP runs (:mod:`.http`) and the cleanup (:mod:`.cleanup`),
-then writes ``<out>/<UTC time>.json``, ``<out>/latest.json``, ``<out>/latest.md`` and the
-charts (:mod:`.report`), and prints the Markdown.
+timings (:mod:`.ops`), the HTTP runs (:mod:`.http`), the cleanup (:mod:`.cleanup`), Redis
+Cluster against standalone Redis (:mod:`.cluster`, on private clusters of its own) and the
+sizing measurements (:mod:`.sizing`), then writes ``<out>/<UTC time>.json``,
+``<out>/latest.json``, ``<out>/latest.md``, the charts (:mod:`.report`) and, for the
+cluster and sizing sections, files of their own as well (``cluster.md``, ``sizing.md`` and
+their JSON: docs/benchmarks.md and docs/sizing.md include them), and prints the Markdown.
 
-The full run (default) writes into ``benchmarks/results/`` and takes about eight minutes;
+The full run (default) writes into ``benchmarks/results/`` and takes about twelve minutes;
 ``--smoke`` uses tiny counts (50 repetitions per operation, 1 s HTTP runs of our engine
-with Redis healthy, 2,000 rows to clean), writes into ``benchmarks/results/smoke/``
-(ignored by git) and may fall back to SQLite when PostgreSQL does not answer.
-Benchmarks print figures; they never fail because the machine is slow.
+with Redis healthy, 2,000 rows to clean, small cluster and sizing runs), writes into
+``benchmarks/results/smoke/`` (ignored by git) and may fall back to SQLite when PostgreSQL
+does not answer. Benchmarks print figures; they never fail because the machine is slow.
 """
 
 from __future__ import annotations
@@ -23,10 +26,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks import adoption, cleanup, env, http, ops, profiling, report
+from benchmarks import (
+    adoption,
+    cleanup,
+    cluster,
+    env,
+    http,
+    ops,
+    profiling,
+    report,
+    sizing,
+    sizing_model,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("ops", "http", "cleanup", "adoption")
+SECTIONS = ("ops", "http", "cleanup", "adoption", "cluster", "sizing")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny counts, to check it all runs")
     parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help="comma-separated: ops,http,cleanup,adoption"
+        "--sections", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS)
     )
     parser.add_argument("--reps", type=int, help="repetitions of create, cycle_key and flush")
     parser.add_argument("--cheap-reps", type=int, help="repetitions of the other operations")
@@ -91,7 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def render(path: Path, out: Path | None) -> int:
-    """Redraw ``latest.md`` and the charts of an earlier run (no benchmark is run)."""
+    """Redraw ``latest.md``, the charts, ``cluster.md`` and ``sizing.md`` of an earlier run
+    (no benchmark is run)."""
     results = json.loads(path.read_text())
     out = out or path.parent
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +115,12 @@ def render(path: Path, out: Path | None) -> int:
     except ImportError as error:
         print(f"charts skipped: matplotlib is not installed ({error})")
     (out / "latest.md").write_text(report.markdown(results))
+    if "cluster" in results:
+        cluster.write(results, out, report.stamp(results))
+    if "sizing" in results:  # the model again: its assumptions may have changed
+        measured = results["sizing"]["measured"]
+        results["sizing"] = {"measured": measured, **sizing_model.model(measured)}
+        sizing_model.write(results["sizing"], out, report.stamp(results))
     print(report.markdown(results))
     print(f"wrote {out / 'latest.md'} and {', '.join(results.get('charts', []))}")
     return 0
@@ -161,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
                 results["adoption"] = adoption.run(
                     bench, reps=min(args.reps, 1000), sizes=sizes, progress=progress
                 )
+            if "cluster" in sections:
+                progress("cluster: Redis Cluster against standalone Redis")
+                results["cluster"] = cluster.run(
+                    bench,
+                    reps=args.reps,
+                    cheap_reps=args.cheap_reps,
+                    plan=plan,
+                    progress=progress,
+                )
+            if "sizing" in sections:
+                progress("sizing: memory, commands, cookies, capacities")
+                results["sizing"] = sizing.run(bench, smoke=args.smoke, progress=progress)
             results["targets"] = [vars(t) for t in report.targets(results)]
             if args.profile != "never":
                 progress(f"profiles ({args.profile})")
@@ -180,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     results["duration_s"] = round(time.monotonic() - clock, 1)
     name = started.strftime("%Y%m%dT%H%M%SZ") + ("-smoke" if args.smoke else "")
     paths = report.write(results, args.out, name)
+    if "cluster" in results:
+        paths += cluster.write(results, args.out, report.stamp(results))
+    if "sizing" in results:
+        paths += sizing_model.write(results["sizing"], args.out, report.stamp(results))
     print()
     print(report.markdown(results))
     for path in paths:

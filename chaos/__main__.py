@@ -1,4 +1,4 @@
-"""Command line of the chaos package: ``python -m chaos [run|fuzz] [options]``."""
+"""Command line of the chaos package: ``python -m chaos [run|cluster|fuzz] [options]``."""
 
 from __future__ import annotations
 
@@ -20,8 +20,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="fault and load run (default)")
+    _run_arguments(
+        run,
+        ", ".join(_faults()) + " (the last ones only when named: they show open engine findings)",
+        "full 50, short 10",
+        "drs_chaos",
+    )
+    cluster = sub.add_parser(
+        "cluster", help="the fault and load run against a 3-master, 3-replica Redis Cluster"
+    )
+    _run_arguments(cluster, ", ".join(_cluster_faults()), "full 50, short 40", "drs_chaos_cluster")
+
+    fuzz = sub.add_parser("fuzz", help="HTTP fuzz of session and backup cookies")
+    fuzz.add_argument("--count", type=int, default=12_000, help="requests (short: 1500)")
+    fuzz.add_argument("--short", action="store_true", help="the quick form run by make test")
+    fuzz.add_argument("--db", choices=("sqlite", "postgres", "auto"), default="sqlite")
+    fuzz.add_argument("--threads", type=int, default=4)
+    fuzz.add_argument("--seed", type=int, default=1)
+    fuzz.add_argument("--pg-name", default="drs_chaos_fuzz")
+    fuzz.add_argument("--keep", action="store_true", help="keep the logs directory")
+    return parser
+
+
+def _run_arguments(run: argparse.ArgumentParser, faults: str, users: str, pg_name: str) -> None:
+    """The options of a fault and load run (``run`` and ``cluster``)."""
     run.add_argument("--short", action="store_true", help="the quick form run by make test")
-    run.add_argument("--users", type=int, help="virtual users (full 50, short 10)")
+    run.add_argument("--users", type=int, help=f"virtual users ({users})")
     run.add_argument(
         "--duration", type=float, help="seconds of faults, roughly (full 150, short 30)"
     )
@@ -32,13 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--faults",
-        help="comma-separated subset of: "
-        + ", ".join(_faults())
-        + " (the last ones only when named: they show open engine findings)",
+        help="comma-separated subset of: " + faults,
     )
     run.add_argument("--cooldown", type=float, default=1.0, help="BREAKER_COOLDOWN (s)")
     run.add_argument("--seed", type=int, default=1)
-    run.add_argument("--pg-name", default="drs_chaos", help="PostgreSQL database to create")
+    run.add_argument("--pg-name", default=pg_name, help="PostgreSQL database to create")
     run.add_argument(
         "--no-known-bugs",
         action="store_true",
@@ -66,21 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(a self-test: that run must fail)",
     )
 
-    fuzz = sub.add_parser("fuzz", help="HTTP fuzz of session and backup cookies")
-    fuzz.add_argument("--count", type=int, default=12_000, help="requests (short: 1500)")
-    fuzz.add_argument("--short", action="store_true", help="the quick form run by make test")
-    fuzz.add_argument("--db", choices=("sqlite", "postgres", "auto"), default="sqlite")
-    fuzz.add_argument("--threads", type=int, default=4)
-    fuzz.add_argument("--seed", type=int, default=1)
-    fuzz.add_argument("--pg-name", default="drs_chaos_fuzz")
-    fuzz.add_argument("--keep", action="store_true", help="keep the logs directory")
-    return parser
-
 
 def _faults() -> tuple[str, ...]:
     from chaos.run import EXTRA_FAULTS, FAULTS
 
     return FAULTS + EXTRA_FAULTS
+
+
+def _cluster_faults() -> tuple[str, ...]:
+    from chaos.cluster import CLUSTER_FAULTS
+
+    return CLUSTER_FAULTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,16 +121,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     from chaos.run import EXTRA_FAULTS, FAULTS, SHORT_FAULTS, Options
-    from chaos.run import main as run_main
 
+    if args.command == "cluster":
+        from chaos import cluster
+
+        known: tuple[str, ...] = cluster.CLUSTER_FAULTS
+        short: tuple[str, ...] = cluster.SHORT_CLUSTER_FAULTS
+    else:
+        known, short = FAULTS + EXTRA_FAULTS, SHORT_FAULTS
     if args.faults:
         faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
-        unknown = [f for f in faults if f not in FAULTS + EXTRA_FAULTS]
+        unknown = [f for f in faults if f not in known]
         if unknown:
             print(f"unknown faults: {', '.join(unknown)}", file=sys.stderr)
             return 2
+    elif args.command == "cluster":
+        faults = short if args.short else cluster.CLUSTER_FAULTS
     else:
-        faults = SHORT_FAULTS if args.short else FAULTS
+        faults = short if args.short else FAULTS
     engine_options = {}
     for item in args.engine_option:
         key, _, value = item.partition("=")
@@ -120,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             engine_options[key] = json.loads(value)
         except ValueError:
             engine_options[key] = value
+    short_users = 40 if args.command == "cluster" else 10
     options = Options(
-        users=args.users or (10 if args.short else 50),
+        users=args.users or (short_users if args.short else 50),
         duration=args.duration or (30.0 if args.short else 150.0),
         db=_db(args.db or ("sqlite" if args.short else "postgres")),
         faults=faults,
@@ -137,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         engine_options=engine_options,
         timeline=args.timeline,
     )
+    if args.command == "cluster":
+        return cluster.main(options)
+    from chaos.run import main as run_main
+
     return run_main(options)
 
 

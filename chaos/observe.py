@@ -10,9 +10,10 @@
     how many Redis errors this request ran into (it waited for a failing Redis that many
     times; 0 when the circuit breaker let it skip Redis or Redis answered);
 ``X-Chaos-Breaker``
-    the session cache's breaker state in this worker after the request;
+    the session cache's breaker state in this worker after the request (on Redis Cluster,
+    the worst of its nodes' breakers);
 ``X-Chaos-Source``
-    the copy that served the request's session (cache, backup, ledger; empty: none);
+    the copy that served the session (``cache``, ``backup``, ``ledger``; empty: none);
 ``X-Chaos-Rejected``
     1 when the session engine refused the request's backup cookie;
 ``X-Chaos-Suspicious``
@@ -118,12 +119,15 @@ class ObserveMiddleware:
         if pending is not None:
             response["X-Chaos-Pending-Purge"] = pending
         snapshot = health.snapshot()
-        breaker = snapshot["breakers"].get(settings.SESSION_CACHE_ALIAS, {})
+        alias = settings.SESSION_CACHE_ALIAS
+        states = {b["state"] for b in snapshot["breakers"].values() if b["alias"] == alias}
         session = getattr(request, "session", None)
         response["X-Chaos-Pid"] = str(os.getpid())
         response["X-Chaos-Ms"] = f"{(time.perf_counter() - start) * 1000:.2f}"
         response["X-Chaos-Waited"] = str(snapshot["counters"]["cache_errors"] - errors)
-        response["X-Chaos-Breaker"] = str(breaker.get("state", "closed"))
+        response["X-Chaos-Breaker"] = next(
+            (state for state in ("open", "half_open") if state in states), "closed"
+        )
         response["X-Chaos-Source"] = str(getattr(session, "source", None) or "")
         response["X-Chaos-Rejected"] = "1" if getattr(session, "backup_rejected", False) else "0"
         response["X-Chaos-Suspicious"] = str(_suspicious.value() - suspicious)

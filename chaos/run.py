@@ -125,13 +125,12 @@ class Runner:
     def start(self) -> None:
         options = self.options
         self.rng.seed(options.seed)
-        self.topology = Topology(self.workdir)
-        self.topology.start()
+        redis_env = self.start_redis()
         self.database = Database(options.db, self.workdir, options.pg_name)
         self.database.create()
         env = {
             **self.database.env,
-            **self.topology.env,
+            **redis_env,
             "CHAOS_COOLDOWN": str(options.cooldown),
             "CHAOS_ENGINE_OPTIONS": json.dumps(options.engine_options),
             "CHAOS_SECURITY_LOG": str(self.workdir / "security.log"),
@@ -159,10 +158,21 @@ class Runner:
         for server in self.servers:
             server.wait_ready()
         self.log(
-            f"{options.users} users, {options.db}, Redis master :{self.topology.master.port} "
-            f"replica :{self.topology.replica.port} sentinel "
-            f":{self.topology.sentinel.port if self.topology.sentinel else '?'}, "
+            f"{options.users} users, {options.db}, {self.describe_redis()}, "
             f"apps {' '.join(s.url for s in self.servers)}, workdir {self.workdir}"
+        )
+
+    def start_redis(self) -> dict[str, str]:
+        """Start the Redis side of the run; returns the app servers' environment for it."""
+        self.topology = Topology(self.workdir)
+        self.topology.start()
+        return self.topology.env
+
+    def describe_redis(self) -> str:
+        assert self.topology is not None
+        return (
+            f"Redis master :{self.topology.master.port} replica :{self.topology.replica.port} "
+            f"sentinel :{self.topology.sentinel.port if self.topology.sentinel else '?'}"
         )
 
     def stop(self) -> None:
@@ -211,7 +221,21 @@ class Runner:
         self.replayer.start()
         self.phase("baseline")
         self.wait(self.settle + 1.0)
-        faults: dict[str, Callable[[], None]] = {
+        faults = self.fault_table()
+        for name in options.faults:
+            if world.stop.is_set():
+                break
+            faults[name]()
+        world.stop.set()
+        for user in world.users:
+            user.join(timeout=30)
+        self.replayer.join(timeout=30)
+        self.final_check()
+        return self.report()
+
+    def fault_table(self) -> dict[str, Callable[[], None]]:
+        """Each fault's name (``--faults``) and the method that injects it."""
+        return {
             "kill": self.fault_kill,
             "restart": self.fault_restart,
             "hang": self.fault_hang,
@@ -226,16 +250,6 @@ class Runner:
             "failover": self.fault_failover,
             "hang-ledger-locked": self.fault_hang_ledger_locked,
         }
-        for name in options.faults:
-            if world.stop.is_set():
-                break
-            faults[name]()
-        world.stop.set()
-        for user in world.users:
-            user.join(timeout=30)
-        self.replayer.join(timeout=30)
-        self.final_check()
-        return self.report()
 
     def wait(self, seconds: float) -> None:
         assert self.world is not None
@@ -562,13 +576,12 @@ class Runner:
 
     def final_check(self) -> None:
         """Every user reads back, Redis up then down; every dead session is replayed."""
-        assert self.world is not None and self.topology is not None
-        assert self.replayer is not None
+        assert self.world is not None and self.replayer is not None
         world = self.world
         dead = world.dead_sessions()
         for label, down in (("final check (Redis up)", False), ("final check (Redis down)", True)):
             self.phase(label)
-            node = self.topology.kill_master() if down else None
+            back = self.redis_down() if down else None
             threads = [threading.Thread(target=u.final_check, args=(label,)) for u in world.users]
             for t in threads:
                 t.start()
@@ -577,10 +590,17 @@ class Runner:
             for item in dead:
                 for url in world.urls:
                     self.replayer.replay(item, url)
-            if node is not None:
-                self.topology.start_empty(node)
+            if back is not None:
+                back()
         self.phase("final check (ledger)")
         self.ledger_agrees(dead)
+
+    def redis_down(self) -> Callable[[], None]:
+        """Take Redis away for the final check; returns what brings it back (empty)."""
+        assert self.topology is not None
+        topology = self.topology
+        node = topology.kill_master()
+        return lambda: topology.start_empty(node)
 
     def ledger_agrees(self, dead: list[DeadSession]) -> None:
         """Every live login has an active ledger row; no dead session (logged out with a
@@ -757,9 +777,9 @@ class Runner:
         return 0
 
 
-def main(options: Options) -> int:
+def main(options: Options, runner_class: type[Runner] = Runner) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="drs-chaos-"))
-    runner = Runner(options, workdir)
+    runner = runner_class(options, workdir)
 
     def wedged() -> None:  # a wedged run must not hang CI forever, nor hide its table
         print("chaos: the run is wedged past its deadline; the table so far:", flush=True)

@@ -13,11 +13,17 @@ Everything that differs between runs comes from the environment, set by the runn
     A standalone Redis, ``redis://127.0.0.1:PORT/0``, or
 ``CHAOS_SENTINEL``
     ``127.0.0.1:PORT``: the session cache goes through Redis Sentinel (service
-    ``CHAOS_SENTINEL_SERVICE``, default ``mymaster``) with django-redis' ``SentinelClient``.
+    ``CHAOS_SENTINEL_SERVICE``, default ``mymaster``) with django-redis' ``SentinelClient``, or
+``CHAOS_REDIS_CLUSTER``
+    comma-separated ``redis://127.0.0.1:PORT`` URLs of Redis Cluster nodes: the session cache
+    is this package's ``RedisClusterCache`` (``python -m chaos cluster``).
 ``CHAOS_COOLDOWN``
     ``RESILIENT_SESSIONS["BREAKER_COOLDOWN"]`` (default 1.0 s).
 ``CHAOS_ENGINE_OPTIONS``
     JSON object merged into ``RESILIENT_SESSIONS`` (``--engine-option``).
+``CHAOS_SQLITE_TIMEOUT``
+    SQLite's busy timeout in seconds (default ``SQLITE_BUSY_TIMEOUT_S``; the cluster run,
+    which has no ledger faults, waits longer: lock contention is not what it tests).
 ``CHAOS_SECURITY_LOG``
     File that receives the ``django.security.SuspiciousSession`` logger (one line per
     record); the fuzz run counts its lines.
@@ -88,7 +94,8 @@ DATABASES: dict[str, dict[str, Any]]
 if _DB == "sqlite":
     # SQLite's busy timeout: a BEGIN EXCLUSIVE held by another process fails the
     # statement after this long (Django's default would wait 5 s).
-    _options: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    _timeout = float(os.environ.get("CHAOS_SQLITE_TIMEOUT", SQLITE_BUSY_TIMEOUT_S))
+    _options: dict[str, Any] = {"timeout": _timeout}
     if django.VERSION >= (5, 1):
         # Writers take the lock up front instead of failing an upgrade under contention.
         _options["transaction_mode"] = "IMMEDIATE"
@@ -129,7 +136,18 @@ _REDIS_OPTIONS: dict[str, Any] = {"SOCKET_TIMEOUT": 0.25, "SOCKET_CONNECT_TIMEOU
 
 _sentinel = os.environ.get("CHAOS_SENTINEL", "")
 _redis_url = os.environ.get("CHAOS_REDIS_URL", "")
-if _sentinel:
+_cluster = [url for url in os.environ.get("CHAOS_REDIS_CLUSTER", "").split(",") if url]
+if _cluster:
+    if FORBIDDEN_REDIS_PORT in {urlsplit(url).port or FORBIDDEN_REDIS_PORT for url in _cluster}:
+        raise ImproperlyConfigured("CHAOS_REDIS_CLUSTER names port 6379: refused.")
+    CACHES: dict[str, dict[str, Any]] = {
+        "default": {
+            "BACKEND": "django_resilient_sessions.cache.RedisClusterCache",
+            "LOCATION": _cluster,
+            "OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25},
+        }
+    }
+elif _sentinel:
     _host, _, _port = _sentinel.rpartition(":")
     if int(_port) == FORBIDDEN_REDIS_PORT:
         raise ImproperlyConfigured("CHAOS_SENTINEL points at port 6379: refused.")
@@ -137,7 +155,7 @@ if _sentinel:
     # django-redis' documented Sentinel setup: the factory (global setting), the client
     # class and the pool class; LOCATION names the service, not a host.
     DJANGO_REDIS_CONNECTION_FACTORY = "django_redis.pool.SentinelConnectionFactory"
-    CACHES: dict[str, dict[str, Any]] = {
+    CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": f"redis://{_service}/0",
@@ -161,7 +179,9 @@ elif _redis_url:
         }
     }
 else:
-    raise ImproperlyConfigured("chaos.settings needs CHAOS_SENTINEL or CHAOS_REDIS_URL.")
+    raise ImproperlyConfigured(
+        "chaos.settings needs CHAOS_SENTINEL, CHAOS_REDIS_URL or CHAOS_REDIS_CLUSTER."
+    )
 
 RESILIENT_SESSIONS: dict[str, Any] = {
     "BREAKER_COOLDOWN": float(os.environ.get("CHAOS_COOLDOWN", "1.0")),

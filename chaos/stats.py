@@ -79,6 +79,17 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
 
 
+def backup_share(samples: list[Sample]) -> float:
+    """The share of these requests whose session was served from its backup (NaN: none)."""
+    if not samples:
+        return math.nan
+    return sum(1 for s in samples if s.source == "backup") / len(samples)
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0%}"
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN for no values."""
     if not values:
@@ -145,6 +156,7 @@ class Recorder:
             "other viol.",
             "p50 ms",
             "p99 ms",
+            "from backup",
         )
         main = {ERROR, NOT_DUE_503, LOST_WRITE, ROLLBACK, LOGOUT, REPLAY}
 
@@ -173,6 +185,7 @@ class Recorder:
                 str(sum(1 for v in violations if v.kind not in main)),
                 _ms(percentile(latencies, 50)),
                 _ms(percentile(latencies, 99)),
+                _share(backup_share([s for s in samples if s.kind != "replay"])),
             )
 
         rows = [row(phase, [phase]) for phase in self.phases]

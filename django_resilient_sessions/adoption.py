@@ -200,7 +200,7 @@ def _commit(
                 lifecycle.stamp(data, now, expires_at, login=True)
                 data[UNTRACKED_KEY] = 1  # as Logins.record_login: served from Redis only
             else:
-                done.recorded, evicted = ledger.start(
+                recorded, evicted = ledger.start(
                     new_hash,
                     user.pk,
                     expires_at,
@@ -211,6 +211,7 @@ def _commit(
                     str(data.get(HASH_SESSION_KEY, "")),
                     signed_origin=new_hash != old_hash,
                 )
+                done.recorded = bool(recorded)
                 if done.recorded:
                     lifecycle.stamp(data, now, expires_at, login=True)
                 else:
@@ -290,7 +291,7 @@ def load_again(store: Loading, when: float | None) -> dict[str, Any]:
     nothing is a dead one, forgotten as any unknown key is.
     """
     store._adoption_done = True
-    data = store.load()
+    data = store._load()  # within the request's one load (counted and traced once)
     if when is None or time.time() - when < RACE_SECONDS:
-        store.keep_cookie = True
+        store.keep_cookie = True  # the other request's response sets the cookies
     return data

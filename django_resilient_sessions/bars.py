@@ -38,11 +38,12 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from . import engines
 from .conf import conf
-from .dbaccess import batches, guarded
+from .dbaccess import batches, db, guarded
 from .models import AdoptionBar, UserSession
 
 __all__ = [
@@ -76,6 +77,12 @@ def _signed(path: str) -> bool:
         return False  # unusable (check E013): nothing is adopted from it anyway
 
 
+def _bars() -> QuerySet[AdoptionBar]:
+    """Bars on the ledger's database, for reads too (as ``ledger`` reads its rows)."""
+    bars: QuerySet[AdoptionBar] = AdoptionBar.objects.using(db())
+    return bars
+
+
 def previous_is_signed() -> bool:
     path = conf.PREVIOUS_ENGINE
     return path is not None and _signed(path)
@@ -89,11 +96,11 @@ def raise_for(user_keys: Iterable[str], now: datetime) -> None:
     keys = sorted(set(user_keys))
     if not keys:
         return
-    AdoptionBar.objects.bulk_create(
+    _bars().bulk_create(
         [AdoptionBar(user_key=key, since=now) for key in keys], ignore_conflicts=True
     )
     # An existing bar moves to the latest time, never back.
-    AdoptionBar.objects.filter(user_key__in=keys, since__lt=now).update(since=now)
+    _bars().filter(user_key__in=keys, since__lt=now).update(since=now)
 
 
 def after_end(key_hashes: Sequence[str], now: datetime) -> None:
@@ -106,7 +113,7 @@ def after_end(key_hashes: Sequence[str], now: datetime) -> None:
         return
     users: list[Any] = []
     for batch in batches(list(key_hashes)):
-        rows = UserSession.objects.filter(
+        rows = UserSession.objects.using(db()).filter(
             key_hash__in=batch, ended_at__isnull=True, signed_origin=True
         )
         users.extend(rows.values_list("user_id", flat=True))
@@ -121,7 +128,8 @@ def lock_users(user_pks: Sequence[Any]) -> None:
     adoption that commits during a revocation is either ended by it or refused.
     """
     if user_pks:
-        rows = _user_model()._default_manager.select_for_update().filter(pk__in=list(user_pks))
+        users = _user_model()._default_manager.using(db())
+        rows = users.select_for_update().filter(pk__in=list(user_pks))
         list(rows.order_by("pk").values("pk"))  # in one order: two lockers cannot deadlock
 
 
@@ -144,7 +152,7 @@ def _timestamp(value: datetime) -> float:
 def barred(user_keys: Iterable[str]) -> dict[str, float]:
     """The bars of these users: ``{user key: since (unix time)}``."""
     keys = sorted(set(user_keys))
-    found = AdoptionBar.objects.filter(user_key__in=keys).values_list("user_key", "since")
+    found = _bars().filter(user_key__in=keys).values_list("user_key", "since")
     return {key: _timestamp(since) for key, since in found}
 
 
@@ -154,7 +162,7 @@ def refuses_login(user_key: str, issued_at: float | None) -> bool:
     ``_auth_user_id``) issued at ``issued_at`` barred?  The user's row, if there is
     one, is locked first (see :func:`lock_users`)."""
     lock_users(pks_of([user_key]))
-    since = AdoptionBar.objects.filter(user_key=user_key).values_list("since", flat=True).first()
+    since = _bars().filter(user_key=user_key).values_list("since", flat=True).first()
     return refuses(None if since is None else _timestamp(since), issued_at)
 
 
@@ -184,8 +192,8 @@ def _user_model() -> type[Any]:
 def clear(now: datetime | None = None) -> int:
     """Delete the bars that can no longer refuse anything; returns how many."""
     if not watching():
-        return int(AdoptionBar.objects.all().delete()[0])
+        return int(_bars().all().delete()[0])
     if previous_is_signed():
         cutoff = (now or timezone.now()) - timedelta(seconds=settings.SESSION_COOKIE_AGE)
-        return int(AdoptionBar.objects.filter(since__lt=cutoff).delete()[0])
+        return int(_bars().filter(since__lt=cutoff).delete()[0])
     return 0

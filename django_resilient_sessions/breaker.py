@@ -65,6 +65,8 @@ class CircuitBreaker:
         self._retry_at = 0.0
         self.opened_at: float | None = None
         self.last_error = ""
+        #: The last failure is one no waiting mends (a wrong password: see :meth:`failed`).
+        self.refused_for_good = False
         self.failures = 0
         self.trips = 0
         self._probe = threading.local()
@@ -104,6 +106,7 @@ class CircuitBreaker:
                 self.opened_at = time.monotonic()
                 self.trips += 1
             self.held = True
+            self.refused_for_good = False
             self.state = OPEN
             self._retry_at = time.monotonic() + conf.BREAKER_COOLDOWN
         _tell(self, True)
@@ -116,18 +119,23 @@ class CircuitBreaker:
             if self.state == CLOSED:
                 return None
             self.state = CLOSED
-            self.held = False
+            self.held = self.refused_for_good = False
             downtime = time.monotonic() - (self.opened_at or time.monotonic())
             self.opened_at = None
         _tell(self, False)
         logger.warning("Session cache %r answers again after %.1f s.", self.name, downtime)
         return downtime
 
-    def failed(self, error: BaseException) -> bool:
-        """Record a failure; returns ``True`` when this opened a closed breaker."""
+    def failed(self, error: BaseException, *, lasting: bool = False) -> bool:
+        """Record a failure; returns ``True`` when this opened a closed breaker.
+
+        ``lasting``: the cache refused us in a way no waiting mends (credentials,
+        permissions), which the health check reports as down.
+        """
         with self._lock:
             self.failures += 1
             self.last_error = f"{type(error).__name__}: {error}"
+            self.refused_for_good = lasting
             was_closed = self.state == CLOSED
             self.held = False
             self.state = OPEN

@@ -18,7 +18,9 @@ protocol, so this backend puts Django's cache API over redis-py's
 ``OPTIONS`` are redis-py's keywords for ``RedisCluster`` (they reach every
 node's connections).  Unless ``retry`` is given, a failed command is not
 retried: the session engine's per-node circuit breaker decides what happens
-next, without the waits a retry adds.  Reads and writes go to primaries.
+next, without the waits a retry adds.  Only making the client is tried again,
+on other nodes: its first command goes to one node, which may be a dead one.
+Reads and writes go to primaries.
 
 Multi-key calls (``get_many``, ``set_many``, ``delete_many``) are split by
 slot, so they are not atomic across slots; ``clear()`` flushes every primary.
@@ -35,6 +37,11 @@ from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = ["RedisClusterCache", "RedisClusterCacheClient"]
+
+#: Attempts at making the client, per node given in LOCATION. Making it sends a first
+#: command (``COMMAND``) to one node, the first given when it can, which may be a dead
+#: one: without retries redis-py gives up there; each retry picks a node again.
+CONNECT_ATTEMPTS_PER_NODE = 3
 
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
@@ -84,11 +91,12 @@ class RedisClusterCacheClient(RedisCacheClient):
             url = urlsplit(server)
             if url.scheme not in ("redis", "rediss") or not url.hostname:
                 raise ImproperlyConfigured(
-                    f"RedisClusterCache LOCATION {server!r} is not a redis:// or rediss:// URL."
+                    f"RedisClusterCache LOCATION {_shown(server)!r} is not a redis:// or "
+                    "rediss:// URL."
                 )
             if url.path not in ("", "/", "/0"):
                 raise ImproperlyConfigured(
-                    f"RedisClusterCache LOCATION {server!r} names a database: "
+                    f"RedisClusterCache LOCATION {_shown(server)!r} names a database: "
                     "Redis Cluster has database 0 only."
                 )
             nodes.append(ClusterNode(url.hostname, url.port or 6379))  # type: ignore[no-untyped-call]
@@ -98,8 +106,13 @@ class RedisClusterCacheClient(RedisCacheClient):
                 options.setdefault("username", unquote(url.username))
             if url.password:
                 options.setdefault("password", unquote(url.password))
-        options.setdefault("retry", Retry(NoBackoff(), 0))
-        return RedisCluster(startup_nodes=nodes, **options)
+        retry = options.pop("retry", None)
+        # Making the client sends a first command to one node, which may be a dead one:
+        # another node on each attempt. Then no retries at all (see the docstring).
+        attempts = Retry(NoBackoff(), CONNECT_ATTEMPTS_PER_NODE * len(nodes))
+        client = RedisCluster(startup_nodes=nodes, retry=retry or attempts, **options)
+        client.set_retry(retry or Retry(NoBackoff(), 0))
+        return client
 
     # Multi-key operations: split by slot (redis-py's non-atomic variants).
 
@@ -128,6 +141,19 @@ class RedisClusterCacheClient(RedisCacheClient):
 
         client = self.get_client(write=True)
         return bool(client.flushdb(target_nodes=RedisCluster.PRIMARIES))
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password, for messages (they reach logs and health checks)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not even a URL: nothing to tell apart, show nothing of it
+        return "(unreadable URL)"
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 class RedisClusterCache(RedisCache):

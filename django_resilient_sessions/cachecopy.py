@@ -361,8 +361,10 @@ class SessionCache:
             raise CacheUnavailable(self.alias, attempted=True) from error
 
     def _failed(self, breaker: CircuitBreaker, error: BaseException) -> None:
+        from .status import misconfigured  # the health rules' judgement (a lazy import: layering)
+
         health.count("cache_errors")
-        if breaker.failed(error):
+        if breaker.failed(error, lasting=misconfigured(error)):
             _send(signals.cache_lost, alias=self.alias, node=breaker.node, error=error)
 
     def _probe(self, breaker: CircuitBreaker) -> bool:
@@ -521,28 +523,57 @@ class SessionCache:
         connection of its own that waits no longer than the probe does).
         """
         seconds = max(settings.SESSION_COOKIE_AGE, ttl or 0, 1)
+        hashes = list(key_hashes)
+        done, failed = self._tombstone(hashes, seconds)
+        if failed and self.redis.cluster:
+            # A node that refused may have been replaced (a failover this process has
+            # not seen, its breaker open): other processes may already serve the copies
+            # its promoted replica holds.  Ask for the slot map once and try the new
+            # owners, rather than leave the deletions queued until a drain.
+            left = [h for h in hashes if h not in set(done)]
+            if self._moved(left, failed):
+                done += self._tombstone(left, seconds)[0]
+        return done
+
+    def _tombstone(self, hashes: list[str], seconds: int) -> tuple[list[str], list[str]]:
+        """One attempt per node: (hashes done, nodes that refused)."""
         groups: dict[str, tuple[CircuitBreaker, list[str]]] = {}
-        for key_hash in key_hashes:
+        for key_hash in hashes:
             try:
                 breaker = self.breaker_for(self.entry_key(key_hash))
             except CacheUnavailable:
                 continue  # no slot map: not done
             groups.setdefault(breaker.name, (breaker, []))[1].append(key_hash)
         done: list[str] = []
-        for breaker, hashes in groups.values():
-            commands = [("SET", self.entry_key(h), TOMBSTONE, "EX", seconds) for h in hashes]
+        failed: list[str] = []
+        for breaker, group in groups.values():
+            commands = [("SET", self.entry_key(h), TOMBSTONE, "EX", seconds) for h in group]
             try:
                 if breaker.state == CLOSED or breaker.in_probe():
-                    self._call(self.entry_key(hashes[0]), functools.partial(_pipeline, commands))
+                    self._call(self.entry_key(group[0]), functools.partial(_pipeline, commands))
                 else:
                     _run_quick(self._node_client(breaker), commands, conf.BREAKER_PROBE_TIMEOUT)
             except CacheUnavailable:
+                failed.append(breaker.node or "")
                 continue
             except CACHE_ERRORS as error:
                 self._failed(breaker, error)
+                failed.append(breaker.node or "")
                 continue
-            done.extend(hashes)
-        return done
+            done.extend(group)
+        return done, failed
+
+    def _moved(self, hashes: list[str], failed: list[str]) -> bool:
+        """Refresh the slot map: does another node serve any of these sessions now?"""
+        try:
+            client = self._cluster()
+            nodes = client.nodes_manager
+            before = [nodes.get_node_from_slot(slot_of(h)).name for h in hashes]
+            self._refresh_slots(failed[0])
+            after = [nodes.get_node_from_slot(slot_of(h)).name for h in hashes]
+        except (CacheUnavailable, *CACHE_ERRORS):
+            return False  # no node answers the slot map: the deletions stay queued
+        return before != after
 
     def ping(self) -> dict[str, tuple[float | None, BaseException | None]]:
         """A ``PING`` per node, each waiting at most ``BREAKER_PROBE_TIMEOUT`` on a

@@ -231,6 +231,40 @@ SESSION_READERS = (
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 )
+MESSAGES = "django.contrib.messages.middleware.MessageMiddleware"
+#: Message storages that keep messages in the session (Django's default is the fallback).
+SESSION_MESSAGE_STORAGES = (
+    "django.contrib.messages.storage.session.SessionStorage",
+    "django.contrib.messages.storage.fallback.FallbackStorage",
+)
+
+
+def _reads_session(path: str) -> bool:
+    if _is(path, MESSAGES):
+        storage = getattr(
+            settings, "MESSAGE_STORAGE", "django.contrib.messages.storage.fallback.FallbackStorage"
+        )
+        return any(_is(storage, kind) for kind in SESSION_MESSAGE_STORAGES)
+    return any(_is(path, reader) for reader in SESSION_READERS)
+
+
+def misplaced(middleware: list[str]) -> list[tuple[str, str]]:
+    """``(message, hint)`` for each session reader above our middleware in ``middleware``.
+
+    Also used by the middleware itself where checks do not run.
+    """
+    position = next((i for i, path in enumerate(middleware) if _is(path, MIDDLEWARE)), None)
+    if position is None:
+        return []
+    return [
+        (
+            f"{path!r} comes before the resilient SessionMiddleware in MIDDLEWARE, "
+            "but it reads request.session, which that middleware sets.",
+            f"Move {middleware[position]!r} above position {i}.",
+        )
+        for i, path in enumerate(middleware[:position])
+        if _reads_session(path)
+    ]
 
 
 @register()
@@ -258,17 +292,8 @@ def check_wiring(**kwargs: Any) -> list[CheckMessage]:
                 id=ID + "E005",
             )
         )
-    if position is not None:
-        for i, path in enumerate(middleware[:position]):
-            if any(_is(path, reader) for reader in SESSION_READERS):
-                errors.append(
-                    Error(
-                        f"{path!r} comes before the resilient SessionMiddleware in MIDDLEWARE, "
-                        "but it reads request.session, which that middleware sets.",
-                        hint=f"Move {middleware[position]!r} above position {i}.",
-                        id=ID + "E010",
-                    )
-                )
+    for message, hint in misplaced(middleware):
+        errors.append(Error(message, hint=hint, id=ID + "E010"))
     if position is not None and not ours_engine:
         errors.append(
             Warning(
@@ -284,6 +309,21 @@ def check_wiring(**kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+def _related(first: tuple[type, str], second: tuple[type, str]) -> bool:
+    """May rows of these models on these databases reference each other?
+
+    The same database, or two that the routers' ``allow_relation`` accepts (replicas of
+    one primary, say); without a router's opinion Django says "the same database".
+    """
+    from django.db import router
+
+    if first[1] == second[1]:
+        return True
+    one, two = first[0](), second[0]()
+    one._state.db, two._state.db = first[1], second[1]
+    return bool(router.allow_relation(one, two))
+
+
 def _check_routing() -> list[CheckMessage]:
     from django.contrib.auth import get_user_model
     from django.db import router
@@ -292,13 +332,24 @@ def _check_routing() -> list[CheckMessage]:
 
     user = get_user_model()
     ledger, users = router.db_for_write(UserSession), router.db_for_write(user)
-    if ledger == users and router.allow_migrate_model(ledger, UserSession):
+    reads, user_reads = router.db_for_read(UserSession), router.db_for_read(user)
+    if ledger != users or not router.allow_migrate_model(ledger, UserSession):
+        problem = (
+            f"The UserSession ledger is routed to the database {ledger!r}, the user model "
+            f"{user._meta.label} to {users!r}: its rows reference the users, so logins "
+            "would fail."
+        )
+    elif not _related((UserSession, reads), (user, user_reads)):
+        problem = (
+            f"The UserSession ledger is read from the database {reads!r} (db_for_read), the "
+            f"user model {user._meta.label} from {user_reads!r}: the session lists and the "
+            "admin would look for the ledger's rows where they are not."
+        )
+    else:
         return []
     return [
         Error(
-            f"The UserSession ledger is routed to the database {ledger!r}, the user model "
-            f"{user._meta.label} to {users!r}: its rows reference the users, so logins "
-            "would fail.",
+            problem,
             hint="Route the django_resilient_sessions app with the user model (db_for_read, "
             "db_for_write and allow_migrate), as for django.contrib.sessions.",
             id=ID + "E011",

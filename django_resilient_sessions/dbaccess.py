@@ -59,21 +59,26 @@ def guarded(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-#: Checks in flight at once (a hung database holds them): past that, fail at once.
+#: Checks in flight at once per lane (a hung database holds them): past that, fail at once.
 BOUNDED_IN_FLIGHT = 4
-_asking = threading.BoundedSemaphore(BOUNDED_IN_FLIGHT)
+#: One lane per kind of check: a scrape's query that waits on a lock (its table's)
+#: must not take the places of the health check's ``SELECT 1``, which does not.
+LANES = ("health", "metrics")
+_lanes = {lane: threading.BoundedSemaphore(BOUNDED_IN_FLIGHT) for lane in LANES}
 
 
-def bounded(function: Callable[[], R], timeout: float) -> R:
+def bounded(function: Callable[[], R], timeout: float, *, lane: str = "health") -> R:
     """``function()`` (database work) in a thread of its own, waited for ``timeout`` seconds.
 
     For health checks and scrapes, which must answer whatever the database
     does: past the timeout :class:`LedgerUnavailable` is raised and the thread
     is left to finish (its connection is closed when it does).  At most
-    ``BOUNDED_IN_FLIGHT`` such threads at a time: while that many still wait
-    (a hung database), the next call fails at once.
+    ``BOUNDED_IN_FLIGHT`` such threads at a time per ``lane`` (one of
+    ``LANES``): while that many still wait (a hung database), the next call
+    fails at once.
     """
-    if not _asking.acquire(blocking=False):
+    slots = _lanes[lane]
+    if not slots.acquire(blocking=False):
         raise LedgerUnavailable("earlier checks are still waiting for the database")
     outcome: list[tuple[bool, Any]] = []
     done = threading.Event()
@@ -86,7 +91,7 @@ def bounded(function: Callable[[], R], timeout: float) -> R:
             outcome.append((False, error))
         finally:
             connections.close_all()  # this thread's connections only
-            _asking.release()
+            slots.release()
             done.set()
 
     threading.Thread(target=run, name="drs-db-check", daemon=True).start()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from . import adoption, export, ledger, previous, tracking
 from .cachecopy import TOMBSTONE, CacheRead
 from .conf import EXPORTED_KEY, conf
-from .dbaccess import guarded
+from .dbaccess import db, guarded
 from .exceptions import LedgerUnavailable
 from .models import AdoptedSession, AdoptionBar, EndReason
 from .trust import Cache
@@ -160,4 +160,6 @@ def finish(batch: int = 1000) -> Finished:
 
 @guarded
 def _forget_adoptions() -> int:
-    return int(AdoptedSession.objects.all().delete()[0] + AdoptionBar.objects.all().delete()[0])
+    using = db()
+    records = AdoptedSession.objects.using(using).all().delete()[0]
+    return int(records + AdoptionBar.objects.using(using).all().delete()[0])

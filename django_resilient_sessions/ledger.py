@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, transaction
-from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q
+from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -56,6 +56,17 @@ def tracks(user: Any) -> bool:
     return isinstance(model, type) and isinstance(user, model)
 
 
+def _rows() -> QuerySet[UserSession]:
+    """``UserSession`` rows on the ledger's database, for reads too.
+
+    The router's ``db_for_read`` may name a replica; one that lags would vouch for a
+    login that was just ended, or miss one that was just recorded.  The engine reads
+    what it decides on from where it writes.
+    """
+    rows: QuerySet[UserSession] = UserSession.objects.using(db())
+    return rows
+
+
 def _user_pk(user_id: Any) -> Any:
     return get_user_model()._meta.pk.to_python(user_id)
 
@@ -73,6 +84,9 @@ class Login:
     login_at: float
     seen_at: float
     expires_at: float
+    #: The newest backup version the row has seen served: a copy rebuilt from the row
+    #: numbers its saves past it, or their backups would look like rollbacks.
+    served: int = 0
 
 
 def _timestamp(value: datetime) -> float:
@@ -86,7 +100,8 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
     """The login this session's row vouches for, if its row is active (one ``SELECT``)."""
     live = ExpressionWrapper(active_q(), output_field=BooleanField())
     found = list(
-        UserSession.objects.filter(key_hash=key_hash)
+        _rows()
+        .filter(key_hash=key_hash)
         .annotate(live=live)
         .values_list(
             "user_id",
@@ -95,19 +110,26 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
             "created_at",
             "last_activity",
             "expires_at",
+            "backup_version",
             "live",
             "end_reason",
         )[:1]
     )
     if not found:
         return Row.MISSING, None
-    owner, backend, auth_hash, created, seen, expires, active, reason = found[0]
+    owner, backend, auth_hash, created, seen, expires, served, active, reason = found[0]
     if not active:
         return _over(reason), None
     if not (backend and auth_hash):
         return Row.MISSING, None  # recorded before rows kept their login
     login = Login(
-        str(owner), backend, auth_hash, _timestamp(created), _timestamp(seen), _timestamp(expires)
+        str(owner),
+        backend,
+        auth_hash,
+        _timestamp(created),
+        _timestamp(seen),
+        _timestamp(expires),
+        served,
     )
     return Row.ACTIVE, login
 
@@ -131,13 +153,16 @@ def start(
     auth_hash: str = "",
     *,
     signed_origin: bool = False,
-) -> tuple[bool, list[str]]:
+) -> tuple[bool | None, list[str]]:
     """Record a login on this session (``signed_origin``: adopted from a signed cookie).
 
     Returns ``(recorded, evicted)``: ``recorded`` is ``False`` when the session
-    limit refuses the login; ``evicted`` lists the sessions the limit ended to
-    make room (queued for Redis like :func:`end_rows`: the caller deletes the
-    copies and unqueues them).  With
+    limit refuses the login, ``None`` when the key's row was ended (a revoked
+    key never serves a login again, whoever logs in on it: the caller takes a
+    new key and records the login there; a row ended ``exported`` is not one);
+    ``evicted`` lists the sessions the limit ended to make room (queued for
+    Redis like :func:`end_rows`: the caller deletes the copies and unqueues
+    them).  With
     ``MAX_SESSIONS_PER_USER`` set, the user's row is locked (``SELECT ... FOR
     UPDATE``) while the active sessions are counted, so concurrent logins
     cannot pass the limit together.  A lock conflict (SQLite answers
@@ -145,13 +170,20 @@ def start(
     """
     login = (backend, auth_hash, signed_origin)
     try:
-        return _start(key_hash, user_id, expires_at, version, ip, agent, login)
-    except OperationalError:
-        if transaction.get_connection(db()).in_atomic_block:
-            raise  # the enclosing transaction is spoilt: nothing to retry in
-        logger.warning("Recording a login met a lock conflict; retrying once.")
-        time.sleep(0.05)
-        return _start(key_hash, user_id, expires_at, version, ip, agent, login)
+        try:
+            return _start(key_hash, user_id, expires_at, version, ip, agent, login)
+        except OperationalError:
+            if transaction.get_connection(db()).in_atomic_block:
+                raise  # the enclosing transaction is spoilt: nothing to retry in
+            logger.warning("Recording a login met a lock conflict; retrying once.")
+            time.sleep(0.05)
+            return _start(key_hash, user_id, expires_at, version, ip, agent, login)
+    except _DeadKey:
+        return None, []
+
+
+class _DeadKey(Exception):
+    """The session key's row was ended: no login may bring it back (see :func:`start`)."""
 
 
 def _start(
@@ -193,8 +225,18 @@ def _start(
             outbox.add(evicted)  # the outbox: see end_rows
         # Write first (no SELECT): the statement takes the write lock at once.
         again = fields | {"backup_version": Greatest(F("backup_version"), version)}
-        if not UserSession.objects.filter(key_hash=key_hash).update(**again):
-            UserSession.objects.create(key_hash=key_hash, **fields)
+        # A row ended because its session moved to another engine is no dead key: the
+        # session came back from there (adopted again, see ``handback``).
+        live = Q(ended_at__isnull=True) | Q(end_reason=str(EndReason.EXPORTED))
+        rows = _rows().filter(live, key_hash=key_hash)
+        if not rows.update(**again):
+            try:
+                with transaction.atomic(using=db()):
+                    _rows().create(key_hash=key_hash, **fields)
+            except IntegrityError:
+                if _rows().filter(key_hash=key_hash).exists():
+                    raise _DeadKey from None  # ended: evictions above are undone too
+                raise
     return True, evicted
 
 
@@ -203,7 +245,8 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
     limit = conf.MAX_SESSIONS_PER_USER or 0
     list(get_user_model()._default_manager.select_for_update().filter(pk=user_pk).values("pk"))
     others = (
-        UserSession.objects.filter(active_q(now), user_id=user_pk)
+        _rows()
+        .filter(active_q(now), user_id=user_pk)
         .exclude(key_hash=key_hash)
         .order_by("last_activity", "pk")
     )
@@ -214,9 +257,7 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
         return None
     evicted = list(others.values_list("key_hash", flat=True)[:excess])
     bars.after_end(evicted, now)
-    UserSession.objects.filter(key_hash__in=evicted).update(
-        ended_at=now, end_reason=str(EndReason.LIMIT)
-    )
+    _rows().filter(key_hash__in=evicted).update(ended_at=now, end_reason=str(EndReason.LIMIT))
     return evicted
 
 
@@ -240,7 +281,7 @@ def touch(
         fields |= {"last_activity": timezone.now(), "expires_at": when(expires_at)}
     if auth_hash is not None:
         fields["auth_hash"] = auth_hash[:128]
-    rows = UserSession.objects.filter(active_q(), key_hash=key_hash, user_id=_user_pk(user_id))
+    rows = _rows().filter(active_q(), key_hash=key_hash, user_id=_user_pk(user_id))
     with one_statement():
         return bool(rows.update(**fields))
 
@@ -254,7 +295,8 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
     """
     live = ExpressionWrapper(active_q(), output_field=BooleanField())
     found = list(
-        UserSession.objects.filter(key_hash=key_hash)
+        _rows()
+        .filter(key_hash=key_hash)
         .annotate(live=live)
         .values_list("user_id", "backup_version", "live", "end_reason")[:1]
     )
@@ -271,13 +313,14 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
 @guarded
 def is_active(key_hash: str) -> bool:
     """Does this session hold an active login?"""
-    return bool(UserSession.objects.filter(active_q(), key_hash=key_hash).exists())
+    return bool(_rows().filter(active_q(), key_hash=key_hash).exists())
 
 
 @guarded
 def live_hashes(rows: Any) -> list[str]:
     """The key hashes of the rows of ``rows`` (a ``UserSession`` queryset) not yet ended."""
-    return list(rows.filter(ended_at__isnull=True).values_list("key_hash", flat=True))
+    live = rows.using(db()).filter(ended_at__isnull=True)
+    return list(live.values_list("key_hash", flat=True))
 
 
 @guarded
@@ -301,8 +344,10 @@ def _end(hashes: list[str], reason: str, now: datetime, *, queue: bool = True) -
     ended = 0
     for batch in batches(hashes):
         bars.after_end(batch, now)
-        ended += UserSession.objects.filter(key_hash__in=batch, ended_at__isnull=True).update(
-            ended_at=now, end_reason=reason
+        ended += (
+            _rows()
+            .filter(key_hash__in=batch, ended_at__isnull=True)
+            .update(ended_at=now, end_reason=reason)
         )
         if queue:
             outbox.add(batch)
@@ -334,7 +379,7 @@ def end_users(
     with transaction.atomic(using=db()):
         if barring:
             bars.lock_users(user_pks)
-        rows = UserSession.objects.filter(user_id__in=list(user_pks), ended_at__isnull=True)
+        rows = _rows().filter(user_id__in=list(user_pks), ended_at__isnull=True)
         if active_only:
             rows = rows.filter(active_q(now))
         hashes = list(rows.exclude(key_hash__in=list(keep)).values_list("key_hash", flat=True))
@@ -349,7 +394,7 @@ def end_users(
 def end_all(first: int, size: int, reason: str) -> int:
     """End every row not ended yet among primary keys ``[first, first+size)`` (no
     Redis deletion queued: the caller deals with Redis as a whole)."""
-    window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size, ended_at__isnull=True)
+    window = _rows().filter(pk__gte=first, pk__lt=first + size, ended_at__isnull=True)
     with one_statement():
         ended: int = window.update(ended_at=timezone.now(), end_reason=reason)
     return ended
@@ -363,9 +408,7 @@ def rekey(old_hash: str, new_hash: str) -> int:
     key is dead in the ledger and queued for Redis, or nothing changed.
     """
     with transaction.atomic(using=db()):
-        moved: int = UserSession.objects.filter(active_q(), key_hash=old_hash).update(
-            key_hash=new_hash
-        )
+        moved: int = _rows().filter(active_q(), key_hash=old_hash).update(key_hash=new_hash)
         outbox.add([old_hash])
     return moved
 
@@ -381,7 +424,7 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
     Redis like :func:`end_rows`.
     """
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
-    window = UserSession.objects.filter(pk__gte=first, pk__lt=first + size)
+    window = _rows().filter(pk__gte=first, pk__lt=first + size)
     with transaction.atomic(using=db()):
         # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
@@ -395,5 +438,5 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
 
 @guarded
 def pk_bounds() -> tuple[int | None, int | None]:
-    bounds = UserSession.objects.aggregate(low=Min("pk"), high=Max("pk"))
+    bounds = _rows().aggregate(low=Min("pk"), high=Max("pk"))
     return bounds["low"], bounds["high"]

@@ -199,23 +199,56 @@ class _Sink:
             multiprocess_mode="livemax",
         )
 
+    # Each event is recorded or dropped, never raised: a metric that cannot be
+    # written (the multiprocess directory removed or full) must not fail the
+    # request that reported it, least of all during an outage.
+
     def count(self, name: str, n: int, label: str) -> None:
         found = _COUNTED.get(name)
         if found is None:
             return
         metric, fixed = found
-        counter = self.made[metric]
-        if METRICS[metric][1]:
-            counter = counter.labels((label if fixed is None else fixed) or "other")
-        counter.inc(n)
+        try:
+            counter = self.made[metric]
+            if METRICS[metric][1]:
+                counter = counter.labels((label if fixed is None else fixed) or "other")
+            counter.inc(n)
+        # Whatever the client raises (OSError from its files, mostly): see above.
+        except Exception as error:
+            _dropped(error)
 
     def observe(self, name: str, value: float, label: str) -> None:
         metric = _OBSERVED.get(name)
-        if metric is not None:
+        if metric is None:
+            return
+        try:
             self.made[metric].labels(label).observe(value)
+        # As in count().
+        except Exception as error:
+            _dropped(error)
 
     def breaker(self, breaker: CircuitBreaker, is_open: bool) -> None:
-        self.breaker_open.labels(breaker.alias, breaker.node or "").set(1 if is_open else 0)
+        try:
+            self.breaker_open.labels(breaker.alias, breaker.node or "").set(1 if is_open else 0)
+        # As in count().
+        except Exception as error:
+            _dropped(error)
+
+
+_said = False
+
+
+def _dropped(error: Exception) -> None:
+    """Say once per process that metrics are being lost (and why)."""
+    global _said
+    if not _said:
+        _said = True
+        logger.error(
+            "Metrics could not be recorded (%r); they are dropped until this is fixed "
+            "(PROMETHEUS_MULTIPROC_DIR: %r).",
+            error,
+            multiprocess_dir(),
+        )
 
 
 _sink: _Sink | None = None
@@ -261,7 +294,7 @@ class _LedgerCollector:
         from .outbox import queue_size
 
         try:
-            pending = bounded(lambda: queue_size(PENDING_CAP), self.timeout)
+            pending = bounded(lambda: queue_size(PENDING_CAP), self.timeout, lane="metrics")
         except LedgerUnavailable as error:
             logger.warning("Metrics: the ledger did not answer (%s).", error)
             pending = None

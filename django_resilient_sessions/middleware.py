@@ -21,14 +21,16 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
 from django.utils.http import http_date
 from django.utils.translation import gettext as _
 
-from . import client, cookies
+from . import client, cookies, requestscope
 from .backends.resilient import SessionStore as ResilientStore
+from .checks import misplaced
 from .exceptions import LedgerUnavailable, SessionLimitExceeded
 from .redisclient import RedisAccess
 
@@ -75,19 +77,23 @@ def refusal(request: HttpRequest, error: Exception) -> HttpResponse:
 class SessionMiddleware(DjangoSessionMiddleware):
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)
+        # Where checks do not run (gunicorn, uvicorn), what check E010 sees fails here,
+        # when the handler is built: otherwise the first request would meet a reader's
+        # own error, which names Django's SessionMiddleware.
+        problems = misplaced(list(settings.MIDDLEWARE))
+        if problems:
+            raise ImproperlyConfigured(" ".join(problems[0]))
         if issubclass(self.SessionStore, ResilientStore):
-            # Where checks do not run (gunicorn, uvicorn), an unsupported session
-            # cache fails here, at start-up, with ImproperlyConfigured: not at login.
+            # Likewise an unsupported session cache (E007): at start-up, not at login.
             RedisAccess(settings.SESSION_CACHE_ALIAS)
 
     def process_request(self, request: HttpRequest) -> None:
         session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         if issubclass(self.SessionStore, ResilientStore):
-            request.session = self.SessionStore(
-                session_key,
-                backup=cookies.read_token(request.COOKIES),
-                client=client.from_request(request),
-            )
+            backup, who = cookies.read_token(request.COOKIES), client.from_request(request)
+            # For a store a package builds itself in this request (see requestscope).
+            requestscope.open_scope(session_key, backup, who)
+            request.session = self.SessionStore(session_key, backup=backup, client=who)
         else:
             # SESSION_ENGINE is not ours (a system check says so): behave as Django.
             request.session = self.SessionStore(session_key)
@@ -101,6 +107,12 @@ class SessionMiddleware(DjangoSessionMiddleware):
     def process_response(  # type: ignore[override]  # any response, as Django's does
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        try:
+            return self._respond(request, response)
+        finally:
+            requestscope.close()
+
+    def _respond(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         try:
             session: Any = request.session
             accessed = session.accessed

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 from redis.crc import key_slot
 
@@ -37,9 +37,16 @@ def slot_of(key_hash: str) -> int:
     return int(key_slot(key_hash.encode()))
 
 
+def _queue() -> QuerySet[PendingPurge]:
+    """The queue on the ledger's database (reads too, as ``ledger._rows``), so that
+    an entry is written in the same transaction as its end and no replica hides one."""
+    entries: QuerySet[PendingPurge] = PendingPurge.objects.using(db())
+    return entries
+
+
 def add(key_hashes: Sequence[str], *, in_flight: bool = True) -> None:
     """Queue these deletions (inside the caller's transaction: no guard of its own)."""
-    PendingPurge.objects.bulk_create(
+    _queue().bulk_create(
         [PendingPurge(key_hash=h, in_flight=in_flight, slot=slot_of(h)) for h in key_hashes],
         ignore_conflicts=True,
     )
@@ -58,7 +65,7 @@ def _in(slots: Slots) -> Q:
 def _due(slots: Slots = None) -> Any:
     """The queued deletions still to do: not in flight, or in flight too long."""
     settled = timezone.now() - timedelta(seconds=SETTLED)
-    return PendingPurge.objects.filter(Q(in_flight=False) | Q(created_at__lt=settled), _in(slots))
+    return _queue().filter(Q(in_flight=False) | Q(created_at__lt=settled), _in(slots))
 
 
 @guarded
@@ -73,19 +80,19 @@ def queue(key_hashes: Sequence[str]) -> None:
 def release(key_hashes: Sequence[str]) -> None:
     """Redis did not take these in-flight deletions: they are pending now."""
     with one_statement():
-        PendingPurge.objects.filter(key_hash__in=list(key_hashes)).update(in_flight=False)
+        _queue().filter(key_hash__in=list(key_hashes)).update(in_flight=False)
 
 
 @guarded
 def queue_top() -> int:
     """The newest queue entry's primary key (0 if none): where a drain stops."""
-    return int(PendingPurge.objects.aggregate(top=Max("pk"))["top"] or 0)
+    return int(_queue().aggregate(top=Max("pk"))["top"] or 0)
 
 
 @guarded
 def queued(limit: int, upto: int, slots: Slots = None) -> list[str]:
     """Queued deletions up to primary key ``upto``, in flight or not (a drain does all)."""
-    rows = PendingPurge.objects.filter(_in(slots), pk__lte=upto).order_by("pk")
+    rows = _queue().filter(_in(slots), pk__lte=upto).order_by("pk")
     return list(rows.values_list("key_hash", flat=True)[:limit])
 
 
@@ -93,13 +100,13 @@ def queued(limit: int, upto: int, slots: Slots = None) -> list[str]:
 def unqueue(key_hashes: Sequence[str]) -> int:
     """Take these deletions off the queue; returns how many were still on it."""
     with one_statement():
-        return int(PendingPurge.objects.filter(key_hash__in=list(key_hashes)).delete()[0])
+        return int(_queue().filter(key_hash__in=list(key_hashes)).delete()[0])
 
 
 @guarded
 def queue_exists(*, settled_only: bool = False, slots: Slots = None) -> bool:
     """Is a Redis deletion queued?  ``settled_only``: pending ones (see :func:`_due`)."""
-    rows = _due(slots) if settled_only else PendingPurge.objects.filter(_in(slots))
+    rows = _due(slots) if settled_only else _queue().filter(_in(slots))
     return bool(rows.exists())
 
 

@@ -94,14 +94,12 @@ class Report:
     ledger: Ledger | None = None
     #: The session cache could not even be configured.
     configuration_error: str = ""
+    # This process's loads served from backups over the last "minutes" (at most its ring).
+    backup_loads: dict[str, int] = field(default_factory=dict, init=False)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["pid"] = os.getpid()
-        data["backup_loads"] = {
-            "minutes": conf.BACKUP_LOADS_WINDOW or 15,
-            "this_process": health.backup_loads(conf.BACKUP_LOADS_WINDOW or 15),
-        }
         return data
 
     def line(self) -> str:
@@ -111,7 +109,11 @@ class Report:
 
 
 def misconfigured(error: BaseException) -> bool:
-    """Is this Redis error one that waiting will not mend (credentials, permissions)?"""
+    """Is this Redis error one that waiting will not mend (credentials, permissions)?
+
+    The errors it was raised from count too: redis-py's cluster client wraps an
+    authentication error in a ``RedisClusterException``.
+    """
     import redis.exceptions as redis_errors
 
     lasting = tuple(
@@ -119,11 +121,17 @@ def misconfigured(error: BaseException) -> bool:
         for name in ("AuthenticationError", "AuthorizationError", "NoPermissionError")
         if hasattr(redis_errors, name)
     )
-    if isinstance(error, lasting):
-        return True
-    if isinstance(error, redis_errors.ResponseError) or type(error).__name__ == "ResponseError":
-        text = str(error).upper()
-        return any(reply in text for reply in MISCONFIGURED_REPLIES)
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        if isinstance(found, lasting):
+            return True
+        if isinstance(found, redis_errors.ResponseError) or type(found).__name__ == "ResponseError":
+            text = str(found).upper()
+            if any(reply in text for reply in MISCONFIGURED_REPLIES):
+                return True
+        found = found.__cause__ or found.__context__
     return False
 
 
@@ -175,16 +183,28 @@ def check(*, live: bool = True) -> Report:
     alias = settings.SESSION_CACHE_ALIAS
     report = Report(status=OK, reasons=[], alias=alias)
     try:
-        _cache_facts(report, live=live)
-    # Whatever building the cache or its client raises (ImproperlyConfigured,
-    # a bad OPTIONS value, an import error of a client class): the site cannot
-    # reach its sessions' cache until the settings change.
+        try:
+            _cache_facts(report, live=live)
+        # Whatever building the cache or its client raises (ImproperlyConfigured,
+        # a bad OPTIONS value, an import error of a client class): the site cannot
+        # reach its sessions' cache until the settings change.
+        except Exception as error:
+            logger.error("Health check: the session cache %r cannot be used: %r", alias, error)
+            report.configuration_error = f"{type(error).__name__}: {error}"
+        if live:
+            report.ledger = _ledger_facts()
+        minutes = min(conf.BACKUP_LOADS_WINDOW or 15, health.RING_MINUTES)
+        report.backup_loads = {"minutes": minutes, "this_process": health.backup_loads(minutes)}
+        return judge(report, fail_closed=conf.FAIL_CLOSED)
+    # Anything else (a setting no system check vetted: ``sessionstats --check``
+    # skips them; a database router that raises): the check cannot tell, and
+    # says so as "down" with the error rather than raising (a 500, a traceback
+    # whose exit status 1 would read as "degraded").
     except Exception as error:
-        logger.error("Health check: the session cache %r cannot be used: %r", alias, error)
-        report.configuration_error = f"{type(error).__name__}: {error}"
-    if live:
-        report.ledger = _ledger_facts()
-    return judge(report, fail_closed=conf.FAIL_CLOSED)
+        logger.exception("Health check failed: %r", error)
+        report.status = DOWN
+        report.reasons = [f"the health check cannot run: {type(error).__name__}: {error}"]
+        return report
 
 
 def _cache_facts(report: Report, *, live: bool) -> None:
@@ -210,6 +230,10 @@ def _cache_facts(report: Report, *, live: bool) -> None:
             if error is not None:
                 node.error = f"{type(error).__name__}: {error}"
                 node.misconfigured = misconfigured(error)
+        elif breaker is not None and breaker.state != CLOSED and breaker.refused_for_good:
+            # Nothing to ping (a cluster whose client could not be made): the
+            # breaker's last failure says whether waiting will mend it.
+            node.misconfigured, node.error = True, breaker.last_error
         report.nodes.append(node)
 
 

@@ -65,6 +65,11 @@ def _done(request: HttpRequest, message: str, **data: Any) -> HttpResponse:
 @login_required
 @require_GET
 def session_list(request: HttpRequest) -> HttpResponse:
+    """GET: the user's active sessions, most recently active first, this device marked.
+
+    JSON: ``{"sessions": [...]}``, each with ``id``, ``device``, ``browser``, ``os``, ``ip``,
+    ``created_at``, ``last_activity``, ``expires_at`` and ``current``.
+    """
     current = _current(request)
     rows = UserSession.objects.active().filter(user=request.user).order_by("-last_activity")
     if _wants_json(request):
@@ -77,6 +82,7 @@ def session_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def revoke_session(request: HttpRequest, pk: int) -> HttpResponse:
+    """POST: sign out one of the user's sessions (this one is a logout); 404 for another's."""
     row = get_object_or_404(UserSession.objects.active(), pk=pk, user=request.user)
     if row.key_hash == _current(request):
         logout(request)
@@ -90,6 +96,7 @@ def revoke_session(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def revoke_others(request: HttpRequest) -> HttpResponse:
+    """POST: sign out every other session of the user, keeping this one."""
     count = tracking.end_user_sessions(request.user, str(EndReason.REVOKED), keep=_current(request))
     message = ngettext(
         "Signed out of %(count)d other session.", "Signed out of %(count)d other sessions.", count

@@ -63,6 +63,9 @@ nitpicky = True
 # reference (a typo, a renamed function, a setting that is gone) fails the build.
 nitpick_ignore_regex = [
     (r"py:.*", r"(collections|contextlib|datetime|enum|typing|threading)(\..*)?"),
+    # Django's classes that typing, testing and pytest_plugin import for type checking
+    # only: autodoc sees their bare names.
+    (r"py:class", r"(HttpRequest|Client|AsyncClient|AbstractBaseUser|BaseBackend)"),
     (r"py:.*", r"(django|django_redis|redis|asgiref|cryptography|ua_parser)(\..*)?"),
     (
         r"py:.*",

@@ -18,7 +18,13 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from tests.redis_server import RedisServer, django_cache_pointing_at, forget_django_redis_pools
+from tests.redis_server import (
+    CACHE_BACKENDS,
+    RedisServer,
+    django_cache_backend,
+    django_cache_pointing_at,
+    forget_django_redis_pools,
+)
 
 DJANGO_SUITE_SETTINGS = "tests.django_suite.settings"
 _DJANGO_SUITE_DIR = Path(__file__).resolve().parent / "django_suite"
@@ -115,3 +121,14 @@ def fault_redis(redis_server: RedisServer) -> Iterator[RedisServer]:
         finally:
             server.stop()
             forget_django_redis_pools(url)
+
+
+@pytest.fixture(params=sorted(CACHE_BACKENDS))
+def cache_backend(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[str]:
+    """The ``default`` cache as each supported one-server backend in turn: django-redis,
+    then Django's own ``RedisCache`` (``tests.redis_server.CACHE_BACKENDS``).
+
+    With ``fault_redis`` or a proxy, in either order: each keeps what the other set.
+    """
+    with django_cache_backend(request.param):
+        yield request.param

@@ -68,6 +68,7 @@ import select
 import selectors
 import socket
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -349,9 +350,11 @@ def for_each_step(
                 if after is not None:
                     after(result)
             except Exception as exc:
-                add_note = getattr(exc, "add_note", None)  # Python 3.11+
-                if add_note is not None:
-                    add_note(f"while failing {step} with {kind!r}")
+                note = f"while failing {step} with {kind!r}"
+                if sys.version_info >= (3, 11):
+                    exc.add_note(note)
+                else:  # the attribute PEP 678 defines, which pytest shows on 3.10 too
+                    exc.__notes__ = [*getattr(exc, "__notes__", []), note]
                 raise
             results.append(result)
     return results
@@ -804,6 +807,11 @@ class RedisFaultProxy:
         for sock in (self._wake_r, self._wake_w, self._listener):
             if sock is not None:
                 sock.close()
+        # A connection whose client hung up just before (a test's client closed first)
+        # has left the table but its thread may still be on its way out: wait for it too.
+        for thread in self.alive_threads():
+            if thread is not threading.current_thread():
+                thread.join(5)
         stuck = self.alive_threads()
         if stuck:
             raise RuntimeError(f"proxy threads did not stop: {stuck}")

@@ -162,9 +162,15 @@ def site_env(database: dict[str, str], redis_url: str, **extra: str) -> dict[str
 
 @contextlib.contextmanager
 def gunicorn_site(
-    env: dict[str, str], tmp_path: Path, *, workers: int = 2, ready: str = "/whoami/"
+    env: dict[str, str],
+    tmp_path: Path,
+    *,
+    workers: int = 2,
+    ready: str = "/whoami/",
+    config: Path | None = None,
 ) -> Iterator[Server]:
-    """gunicorn serving ``tests.mw_wsgi`` with ``workers`` sync workers, until the block ends."""
+    """gunicorn serving ``tests.mw_wsgi`` with ``workers`` sync workers, until the block ends
+    (``config``: a gunicorn configuration file, for its server hooks)."""
     port = free_port()
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
@@ -177,6 +183,7 @@ def gunicorn_site(
                 "--timeout", "30",
                 "--graceful-timeout", "3",
                 "--log-level", "warning",
+                *(("--config", str(config)) if config is not None else ()),
                 "tests.mw_wsgi:application",
             ],
             env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

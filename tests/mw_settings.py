@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import django
 from django.core.exceptions import ImproperlyConfigured
 
 from tests.settings import *  # noqa: F403
@@ -43,11 +42,9 @@ _TEST_DB = os.environ.get("DRS_TEST_DB", "sqlite").strip().lower() or "sqlite"
 # Two worker processes write to one SQLite file (logins: the ledger row). In SQLite's
 # default DEFERRED transactions, two concurrent logins that both read before writing
 # deadlock on the lock upgrade and one gets "database is locked" at once, without waiting
-# for the busy timeout; IMMEDIATE transactions (Django 5.1+) take the write lock up front
-# and wait instead.
-_SQLITE_OPTIONS: dict[str, Any] = {"timeout": 20}
-if django.VERSION >= (5, 1):
-    _SQLITE_OPTIONS["transaction_mode"] = "IMMEDIATE"
+# for the busy timeout; IMMEDIATE transactions take the write lock up front and wait
+# instead.
+_SQLITE_OPTIONS: dict[str, Any] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 
 if _TEST_DB == "postgres":
     DATABASES = {

@@ -385,6 +385,43 @@ def django_cache_pointing_at(url: str, alias: str = "default") -> Iterator[None]
         yield
 
 
+#: The cache backends the engine supports for one Redis server, with their option names
+#: for the suite's socket timeouts (tests/settings.py): django-redis', and redis-py's as
+#: Django's own ``RedisCache`` takes them.
+CACHE_BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "django-redis": (
+        "django_redis.cache.RedisCache",
+        {"SOCKET_TIMEOUT": 0.25, "SOCKET_CONNECT_TIMEOUT": 0.25},
+    ),
+    "django": (
+        "django.core.cache.backends.redis.RedisCache",
+        {"socket_timeout": 0.25, "socket_connect_timeout": 0.25},
+    ),
+}
+
+
+@contextlib.contextmanager
+def django_cache_backend(kind: str, alias: str = "default") -> Iterator[None]:
+    """Make the cache ``alias`` a ``kind`` backend (:data:`CACHE_BACKENDS`), wherever it
+    points; :func:`django_cache_pointing_at` keeps the backend when it moves the alias."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    backend, options = CACHE_BACKENDS[kind]
+    caches_conf = {name: dict(conf) for name, conf in settings.CACHES.items()}
+    caches_conf[alias] = {**caches_conf[alias], "BACKEND": backend, "OPTIONS": dict(options)}
+    with override_settings(CACHES=caches_conf):
+        yield
+
+
+def socket_timeout(alias: str = "default") -> float:
+    """The socket timeout of the cache ``alias``, whichever backend's option name it has."""
+    from django.conf import settings
+
+    options = settings.CACHES[alias].get("OPTIONS", {})
+    return float(options.get("SOCKET_TIMEOUT", options.get("socket_timeout")))
+
+
 def forget_django_redis_pools(url: str) -> None:
     """Disconnect and drop django-redis' process-wide connection pools for ``url``.
 
@@ -423,7 +460,8 @@ class CountingConnectionPool(redis.ConnectionPool):
 
 @contextlib.contextmanager
 def counting_pool(alias: str = "default") -> Iterator[type[CountingConnectionPool]]:
-    """Make the django-redis cache ``alias`` use :class:`CountingConnectionPool`.
+    """Make the cache ``alias`` (django-redis or Django's RedisCache) count its pools' check-outs
+    (:class:`CountingConnectionPool`).
 
     Enter it before the alias first connects (its pool is built on first use, per URL).
     """
@@ -432,7 +470,9 @@ def counting_pool(alias: str = "default") -> Iterator[type[CountingConnectionPoo
 
     caches_conf = {name: dict(conf) for name, conf in settings.CACHES.items()}
     options = dict(caches_conf[alias].get("OPTIONS", {}))
-    options["CONNECTION_POOL_CLASS"] = (
+    django_redis = caches_conf[alias]["BACKEND"] == CACHE_BACKENDS["django-redis"][0]
+    # django-redis' option, or Django's RedisCache's (its pools are per cache object).
+    options["CONNECTION_POOL_CLASS" if django_redis else "pool_class"] = (
         f"{CountingConnectionPool.__module__}.{CountingConnectionPool.__qualname__}"
     )
     caches_conf[alias] = {**caches_conf[alias], "OPTIONS": options}

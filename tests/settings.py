@@ -96,6 +96,17 @@ elif _TEST_DB == "postgres":
 else:
     raise ImproperlyConfigured(f"DRS_TEST_DB must be 'sqlite' or 'postgres', not {_TEST_DB!r}")
 
+# A second database, for the multi-database tests (tests/test_multidb.py): the same
+# server, its own test database. Tests reach it only when they ask for it.
+DATABASES["other"] = {
+    **DATABASES["default"],
+    "TEST": (
+        {"NAME": f"{DATABASES['default']['TEST']['NAME']}_other"} if _TEST_DB == "postgres" else {}
+    ),
+}
+if _TEST_DB == "sqlite":
+    DATABASES["other"]["NAME"] = str(BASE_DIR / "drs-tests-other.sqlite3")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Fast hashing: the tests log users in a lot.

@@ -1,8 +1,11 @@
 """The benchmark script keeps working: ``python -m benchmarks --smoke`` in a subprocess.
 
 Benchmarks are not tests: nothing here looks at a figure, only at the shape of what the
-smoke run (tiny counts, about 15 s) writes: every section of the JSON, the targets, the
-Markdown, the profiles, and the charts when matplotlib (the ``bench`` extra) is installed.
+smoke run (tiny counts, about 50 s) writes: every section of the JSON (the Redis Cluster
+section starts two private clusters, a few seconds), the targets, the Markdown, the sizing
+page's measurements, the profiles, and the charts when matplotlib (the ``bench`` extra) is
+installed. Counts that are the engine's promises (one ``GET`` per cached read, no ledger
+write on a read) are checked: they are not timings.
 It runs once per ``make test``, on the SQLite pass; the run brings its own redis-server and
 its own PostgreSQL database (a SQLite file when PostgreSQL does not answer).
 """
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 OPS = {"load", "save", "create", "cycle_key", "flush", "encode", "decode", "load_down"}
 ENGINES = {"resilient", "cache", "cached_db", "signed_cookies"}
+VIEWS = ("read", "write")
 
 
 def _number(value: Any) -> bool:
@@ -44,7 +48,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -93,6 +97,32 @@ def test_json_has_every_section(smoke_run: tuple[Path, str]) -> None:
     for row in cleanup["runs"]:
         assert row["rows"] == 2000 and row["rows_left"] == 0, row
         assert _number(row["wall_s"]) and row["max_rss_mb"] > 0, row
+
+    cluster = results["cluster"]
+    assert {(r["op"], r["setup"]) for r in cluster["ops"]["results"]} == {
+        (op, setup)
+        for op in ("load", "save", "create", "cycle_key", "flush")
+        for setup in ("standalone", "cluster")
+    }
+    for row in cluster["ops"]["results"]:
+        assert row["n"] == 50 and _number(row["median_us"]) and _number(row["ratio"]), row
+    setups = {(r["setup"], r["view"]) for r in cluster["http"]["summary"]}
+    assert setups >= {(s, v) for s in ("standalone", "1 shard", "3 shards") for v in VIEWS}
+    for row in cluster["http"]["summary"]:
+        assert row["requests"] > 0 and row["non_2xx"] == 0 and row["logged_out"] == 0, row
+
+    sizing = results["sizing"]["measured"]
+    assert set(sizing["memory"]) == {"login, small data", "login, 1 KB of data", "tombstone"}
+    for row in sizing["memory"].values():
+        assert row["memory_usage_bytes"] > row["value_bytes"] > 0, row
+        assert _number(row["used_memory_per_session"]), row
+    per = sizing["requests"]["per_request"]
+    assert per["read"]["redis_by_command"] == {"get": 1}  # one GET, as promised
+    assert per["write"]["redis_round_trips"] == 2 and per["read"]["ledger_writes"] == 0
+    assert per["read, activity update due"]["ledger_writes"] == 1
+    assert all(row["status"] == 200 for row in per.values()), per
+    assert [row["rate"] for row in results["sizing"]["model"]] == [10_000, 100_000, 1_000_000]
+    assert "| 1,000,000 |" in (out / "sizing.md").read_text()
 
     keys = {t["key"] for t in results["targets"]}
     assert {"load_ratio", "save_ratio", "hung_p99_read", "down_rps_write"} <= keys

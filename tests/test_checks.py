@@ -293,6 +293,26 @@ def test_e010_our_middleware_after_authentication() -> None:
     assert auth in messages[0].msg
 
 
+@pytest.mark.parametrize(
+    ("storage", "reported"),
+    [
+        (None, True),  # Django's default: the fallback storage, which uses the session
+        ("django.contrib.messages.storage.session.SessionStorage", True),
+        ("django.contrib.messages.storage.cookie.CookieStorage", False),
+    ],
+)
+def test_e010_our_middleware_after_messages_only_if_they_are_in_the_session(
+    storage: str | None, reported: bool
+) -> None:
+    messages_mw = "django.contrib.messages.middleware.MessageMiddleware"
+    moved = [m for m in settings.MIDDLEWARE if m != OUR_MIDDLEWARE]
+    moved.insert(moved.index(messages_mw) + 1, OUR_MIDDLEWARE)
+    moved.remove("django.contrib.auth.middleware.AuthenticationMiddleware")
+    with override_settings(MIDDLEWARE=moved, **({"MESSAGE_STORAGE": storage} if storage else {})):
+        messages = ours()
+    assert (PREFIX + "E010" in ids(messages)) is reported
+
+
 def test_e011_ledger_routed_away_from_the_users() -> None:
     # (The routers only name an "other" database; the check opens no connection.)
     with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.LedgerElsewhereRouter"]):
@@ -300,6 +320,16 @@ def test_e011_ledger_routed_away_from_the_users() -> None:
     assert ids(messages) == [PREFIX + "E011"]
     assert "auth.User" in messages[0].msg
     with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.LedgerWithUsersRouter"]):
+        assert ours() == []
+
+
+def test_e011_ledger_read_away_from_the_users() -> None:
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.LedgerReadElsewhereRouter"]):
+        messages = ours()
+    assert ids(messages) == [PREFIX + "E011"]
+    assert "db_for_read" in messages[0].msg and "'other'" in messages[0].msg
+    # Reads from a replica the router relates to the primary: nothing to say.
+    with override_settings(DATABASE_ROUTERS=["tests.testapp.wiring.ReplicaRouter"]):
         assert ours() == []
 
 

@@ -1,7 +1,11 @@
 """The engine on a real Redis Cluster (3 masters, 1 replica each), through HTTP.
 
 Every engine operation (login, read, write, logout, new key, revocation of many
-sessions across slots, ``clearsessions``) on the cluster; the key layout (a session's
+sessions across slots, ``clearsessions``) on the cluster, and the session API itself, sync
+and async (``aload``, ``asave``, ``acreate``, ``adelete``, ``acycle_key``, ``exists``,
+``flush``, ``set_expiry``, a key collision refused by ``SET NX``); the cache adapter's
+multi-key calls split by slot and ``clear()`` on every primary; the node named by the
+``cache_lost`` and ``cache_recovered`` signals and the log lines; the key layout (a session's
 key hash is its key's hash tag, so its queued deletion knows its slot); and the faults a
 cluster adds: one shard down moves that shard's sessions to their backups and nobody
 else's, a master killed is replaced by its replica and Redis serves again, a hung node
@@ -21,11 +25,15 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
+from django.contrib.sessions.backends.base import CreateError
+from django.core.cache import caches
 from django.core.management import call_command
 from django.test import Client, override_settings
 
-from django_resilient_sessions import health, outbox, purges, tracking
+from django_resilient_sessions import health, outbox, purges, signals, tracking
+from django_resilient_sessions.backends.resilient import SessionStore
 from django_resilient_sessions.breaker import CLOSED, all_breakers, get_breaker, reset_breakers
 from django_resilient_sessions.cache import forget_clients
 from django_resilient_sessions.cachecopy import TOMBSTONE, SessionCache
@@ -492,6 +500,234 @@ def test_a_logout_while_a_master_is_down_stays_a_logout_after_its_replica_takes_
     assert PendingPurge.objects.count() == 0
     for person in groups[port][1:]:
         assert person.check()["degraded"] is False
+
+
+def test_a_revocation_from_a_process_that_missed_the_failover_reaches_the_new_master(
+    cluster: LocalCluster,
+) -> None:
+    """A process whose breaker for a dead master is open, and whose slot map still names
+    it, revokes a session of its slots after the replica took over (the chaos run's
+    runner, an admin's process): the tombstone must reach the promoted replica, which
+    holds the session's copy and which the other processes already trust."""
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    master = cluster.node_at(port)
+    victim = groups[port][0]
+    victim.write(1)
+    redis_key = victim.redis_key
+    cluster.kill(master)
+    victim.write(2)  # opens the dead master's breaker; this process's map still names it
+    assert f"default@{master.host}:{master.port}" in open_breakers()
+    promoted = cluster.wait_failover(master)
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(redis_key) not in (None, TOMBSTONE)  # the copy the replica holds
+    assert tracking.end([victim.key_hash], "revoked") == 1
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(redis_key) == TOMBSTONE
+    assert PendingPurge.objects.count() == 0  # done at once, not left for a drain
+    assert ok(victim.client.get("/whoami/"))["user"] is None
+
+
+def test_a_process_started_while_a_master_is_down_serves_the_other_shards(
+    cluster: LocalCluster,
+) -> None:
+    """A process started while a master is down (a new worker, an admin's shell) makes its
+    cluster client then. redis-py gives up on the first node that refuses unless it may
+    retry: the process must still reach the other shards, or its logouts and revocations
+    there would only be queued while the other processes serve those sessions from Redis."""
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    dead = cluster.node_at(port)
+    alive = [p for node_port, group in groups.items() if node_port != port for p in group]
+    cluster.kill(dead)
+    caches = dict(settings.CACHES)
+    # The dead node first in LOCATION (redis-py asks the first ones first).
+    others = [node.url for node in cluster.nodes if node is not dead]
+    caches["default"] = {**caches["default"], "LOCATION": [dead.url, *others]}
+    forget_clients()
+    reset_breakers()
+    with override_settings(CACHES=caches):  # a new process's caches
+        assert SessionCache().read(alive[0].key_hash).state.name == "PRESENT"
+        assert open_breakers() == []
+        leaving = alive[1]
+        assert tracking.end([leaving.key_hash], "revoked") == 1
+        assert raw_get(cluster, leaving.redis_key) == TOMBSTONE
+    assert PendingPurge.objects.count() == 0
+
+
+# -- the session API, sync and async, on the cluster ----------------------------------------
+
+
+def copy_of(cluster: LocalCluster, session_key: str) -> bytes | None:
+    """The raw Redis value of a session (on the master serving its slot)."""
+    return raw_get(cluster, SessionCache().entry_key(key_hash(session_key)))
+
+
+def ttl_ms(cluster: LocalCluster, session_key: str) -> int:
+    redis_key = SessionCache().entry_key(key_hash(session_key))
+    with cluster.node_for_key(redis_key).client() as raw:
+        return int(raw.pttl(redis_key))
+
+
+def test_the_async_session_api_on_the_cluster(cluster: LocalCluster) -> None:
+    async def scenario() -> None:
+        store = SessionStore()
+        await store.aset("cart", "1")
+        await store.aset_expiry(300)
+        await store.asave()
+        first = store.session_key or ""
+        assert await store.aexists(first) is True
+        assert 295_000 < await sync_to_async(ttl_ms)(cluster, first) <= 300_000
+        assert await SessionStore(first).aload() == {"cart": "1", "_session_expiry": 300}
+        assert await SessionStore(first).aget_expiry_age() == 300
+
+        await store.acycle_key()  # the new key's slot is (most likely) on another node
+        second = store.session_key or ""
+        assert second != first
+        assert await sync_to_async(copy_of)(cluster, first) == TOMBSTONE
+        assert await SessionStore(second).aget("cart") == "1"
+        assert await store.aexists(first) is False
+
+        await store.aflush()
+        assert store.session_key is None
+        assert await sync_to_async(copy_of)(cluster, second) == TOMBSTONE
+        assert await SessionStore(second).aload() == {}
+
+        made = SessionStore()
+        await made.acreate()
+        third = made.session_key or ""
+        assert await made.aexists(third) is True
+        await made.adelete(third)
+        assert await made.aexists(third) is False
+        assert await sync_to_async(copy_of)(cluster, third) == TOMBSTONE
+
+    async_to_sync(scenario)()
+    assert open_breakers() == []
+
+
+def test_exists_flush_and_set_expiry_on_the_cluster(cluster: LocalCluster) -> None:
+    store = SessionStore()
+    store["cart"] = "2"
+    store.set_expiry(120)
+    store.save()
+    key = store.session_key or ""
+    assert store.exists(key) is True
+    assert 115_000 < ttl_ms(cluster, key) <= 120_000
+    store.set_expiry(600)
+    store.save()
+    assert 595_000 < ttl_ms(cluster, key) <= 600_000
+    assert SessionStore(key).get_expiry_age() == 600
+    store.flush()
+    assert store.exists(key) is False
+    assert copy_of(cluster, key) == TOMBSTONE
+    assert SessionStore(key).load() == {}
+
+
+def test_a_key_collision_on_the_cluster_is_refused_and_another_key_taken(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = SessionStore()
+    taken["owner"] = "first"
+    taken.save()
+    key = taken.session_key or ""
+    before = copy_of(cluster, key)
+
+    # SET NX on the slot's master: a save that must create refuses a key in use.
+    with pytest.raises(CreateError):
+        SessionStore(key).save(must_create=True)
+    assert copy_of(cluster, key) == before
+
+    # create() meets the collision and draws again.
+    fresh = "fresh0123456789abcdefghijklmnopq"
+    keys = iter([key, fresh])
+    monkeypatch.setattr(SessionStore, "_get_new_session_key", lambda self: next(keys))
+    other = SessionStore()
+    other["owner"] = "second"
+    other.create()
+    other.save()
+    assert other.session_key == fresh
+    assert copy_of(cluster, key) == before  # the first session's copy is untouched
+    assert SessionStore(key).load() == {"owner": "first"}
+    assert SessionStore(fresh).load() == {"owner": "second"}
+
+
+# -- signals and logs name the node ----------------------------------------------------------
+
+
+def test_signals_and_logs_name_the_node(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    node = cluster.node_at(port)
+    person = groups[port][0]
+    lost: list[dict[str, Any]] = []
+    recovered: list[dict[str, Any]] = []
+
+    def on_lost(**kwargs: Any) -> None:
+        lost.append(kwargs)
+
+    def on_recovered(**kwargs: Any) -> None:
+        recovered.append(kwargs)
+
+    signals.cache_lost.connect(on_lost)
+    signals.cache_recovered.connect(on_recovered)
+    replicas = cluster.replicas_of(node)
+    for replica in replicas:  # a hang, not a failover: the node comes back as itself
+        replica.admin().config_set("cluster-replica-no-failover", "yes")
+    try:
+        cluster.pause(node)
+        try:
+            with caplog.at_level("ERROR", logger="django_resilient_sessions"):
+                assert person.check()["degraded"] is True
+        finally:
+            cluster.resume(node)
+        cool_down()
+        assert person.check()["degraded"] is False
+    finally:
+        signals.cache_lost.disconnect(on_lost)
+        signals.cache_recovered.disconnect(on_recovered)
+        for replica in replicas:
+            replica.admin().config_set("cluster-replica-no-failover", "no")
+    name = f"{node.host}:{node.port}"
+    assert [(s["alias"], s["node"]) for s in lost] == [("default", name)]
+    assert "Timeout" in type(lost[0]["error"]).__name__
+    assert [(s["alias"], s["node"]) for s in recovered] == [("default", name)]
+    assert recovered[0]["downtime"] > 0
+    failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert failed and all(f"'default@{name}'" in message for message in failed), failed
+
+
+# -- the cache adapter's multi-key calls -----------------------------------------------------
+
+
+def test_the_adapter_splits_multi_key_calls_by_slot_and_clears_every_primary(
+    cluster: LocalCluster,
+) -> None:
+    cache = caches["default"]
+    data = {f"item-{i}": {"n": i} for i in range(30)}
+    redis_keys = {name: cache.make_key(name) for name in data}
+    assert len({cluster.node_for_key(k).port for k in redis_keys.values()}) == 3
+    cache.set_many(data, timeout=60)
+    assert cache.get_many([*data, "missing"]) == data
+    for name, redis_key in redis_keys.items():
+        assert raw_get(cluster, redis_key) is not None, name
+    gone = list(data)[:10]
+    cache.delete_many(gone)
+    assert cache.get_many(list(data)) == {k: v for k, v in data.items() if k not in gone}
+    cache.set_many({name: 0 for name in gone}, timeout=0)  # Django: timeout 0 deletes
+    assert cache.get_many(gone) == {}
+
+    people = browsers(3)
+    assert cache.clear() is True  # FLUSHDB on every primary
+    for master in cluster.masters():
+        assert master.admin().dbsize() == 0
+    for person in people:  # their Redis copies went with it: back from their backups
+        person.check()
+        assert raw_get(cluster, person.redis_key) not in (None, TOMBSTONE)
 
 
 def test_exportsessions_finish_deletes_every_copy_on_every_shard(cluster: LocalCluster) -> None:

@@ -150,7 +150,10 @@ def test_sessionstats_json() -> None:
     assert cache["breaker"] == "closed"
     assert cache["reachable"] is True
     assert isinstance(cache["round_trip_ms"], float)
-    assert 0 <= cache["round_trip_ms"] < 1000
+    # A real PING was timed (the figure is reported, never bounded): the slowest node's,
+    # the only one here.
+    assert cache["round_trip_ms"] > 0
+    assert [node["round_trip_ms"] for node in cache["nodes"]] == [cache["round_trip_ms"]]
 
 
 @pytest.mark.django_db

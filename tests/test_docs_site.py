@@ -9,7 +9,12 @@
 - every signal and health counter is in the operations page's tables;
 - the README renders on PyPI: no relative links or images.
 
-No Sphinx needed: these run in every test venv (Django 4.2's included).
+- the README leads with ``pip install``, then the settings (the three cache backends),
+  then outages, security and limits;
+- the supported versions stated in the README and the quick start are ``noxfile.py``'s
+  matrix, exactly.
+
+No Sphinx needed: these run in every test venv (each nox session's included).
 """
 
 from __future__ import annotations
@@ -201,3 +206,46 @@ def test_the_readme_links_to_the_documentation() -> None:
     for page in re.findall(re.escape(site) + r"([\w-]+)\.html", readme):
         assert (DOCS / f"{page}.md").exists(), page
     assert site + "benchmarks.html" in readme
+
+
+def test_the_readme_leads_with_pip_install_then_settings_outages_and_security() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", readme, flags=re.MULTILINE)
+    assert headings[:5] == [
+        "Installation",
+        "Settings",
+        "What happens during an outage",
+        "Security model",
+        "In your code and your tests",
+    ]
+    first_block = re.search(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    assert first_block is not None
+    assert first_block[1].strip() == "python -m pip install django-resilient-sessions"
+    settings = readme[readme.index("## Settings") : readme.index("## What happens")]
+    for backend in (
+        "django_redis.cache.RedisCache",
+        "django.core.cache.backends.redis.RedisCache",
+        "django_resilient_sessions.cache.RedisClusterCache",
+    ):
+        assert f'"BACKEND": "{backend}"' in settings, backend
+    assert "### Limits" in readme[readme.index("## Security model") :]
+
+
+def noxfile_matrix() -> dict[str, tuple[str, ...]]:
+    """``noxfile.MATRIX`` (Django line -> Pythons), read without running the noxfile."""
+    tree = ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "MATRIX":
+            assert node.value is not None
+            matrix: dict[str, tuple[str, ...]] = ast.literal_eval(node.value)
+            return matrix
+    raise AssertionError("no MATRIX in noxfile.py")
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/quickstart.md"])
+def test_the_supported_versions_stated_are_the_tested_matrix(document: str) -> None:
+    text = (ROOT / document).read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+\.\d+)(?: LTS)? \| ([\d., ]+) \|$", text, flags=re.MULTILINE)
+    stated = {django: tuple(p.strip() for p in pythons.split(",")) for django, pythons in rows}
+    assert stated == noxfile_matrix()
+    assert "4.2 LTS" not in text

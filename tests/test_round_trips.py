@@ -20,7 +20,8 @@ from tests.faults import RedisFaultProxy, proxied_cache
 from tests.redis_server import RedisServer
 from tests.web import login, make_user, set_values
 
-pytestmark = pytest.mark.django_db
+# Each test on django-redis and on Django's own RedisCache (tests/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("cache_backend")]
 
 
 @pytest.fixture

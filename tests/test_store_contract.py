@@ -14,7 +14,6 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-import django
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
@@ -621,9 +620,6 @@ def test_cycle_key_moves_the_row_to_the_new_key(user: AbstractBaseUser) -> None:
 # Async twins -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    django.VERSION < (5, 0), reason="SessionBase has async methods from Django 5.0 on"
-)
 class AsyncContractTests(TestCase):
     """The async API (Django's ``a*`` methods) against the real cache and database."""
 

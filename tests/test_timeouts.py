@@ -36,7 +36,8 @@ from django_resilient_sessions.models import PendingPurge, UserSession
 from tests.redis_server import RedisServer
 from tests.web import has_copy, redis_key_for_hash
 
-pytestmark = pytest.mark.django_db
+# Each test on django-redis and on Django's own RedisCache (tests/conftest.py).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("cache_backend")]
 
 PASSWORD = "correct horse battery staple"
 SESSION_COOKIE = "sessionid"

@@ -215,6 +215,29 @@ def test_set_expiry_moves_the_row_expiry_with_the_redis_ttl(redis_server: RedisS
     assert abs(after.timestamp() - (time.time() + ttl)) < UserSession.grace().total_seconds()
 
 
+def test_a_login_on_a_revoked_key_never_revives_its_row(redis_server: RedisServer) -> None:
+    """A revoked session still served from Redis (the PURGE_CHECK_INTERVAL window: the
+    row ended, the copy not purged yet) where the same user logs in again: Django's
+    login() keeps the key then (same user, same hash), and recording the login used to
+    turn the ended row active again.  Now the login goes on under a new key, and the
+    revoked one stays ended, in the ledger and in Redis."""
+    make_user()
+    client = Client()
+    login(client)
+    stolen = captured(client)
+    old = row_of(client)
+    # Ended in the ledger only (another process, its Redis deletion not done yet).
+    UserSession.objects.filter(pk=old.pk).update(ended_at=timezone.now(), end_reason="revoked")
+    assert user_of(client) == "alice"  # the healthy path does not ask the ledger
+    login(client)
+    assert session_key(client) != stolen[settings.SESSION_COOKIE_NAME]
+    old.refresh_from_db()
+    assert old.ended_at is not None and old.end_reason == "revoked"
+    assert row_of(client).ended_at is None
+    assert user_of(client) == "alice"
+    assert user_of(replay(stolen)) is None
+
+
 def test_the_redis_copy_never_outlives_its_row_when_the_row_cannot_follow(
     redis_server: RedisServer,
 ) -> None:

@@ -6,6 +6,9 @@
 ``DRS_BENCH_REDIS_URL``
     The django-redis cache every engine shares (the bench's own redis-server; port 6379,
     the shared Redis, is refused).
+``DRS_BENCH_CLUSTER_URLS``
+    Comma-separated ``redis://`` URLs of Redis Cluster nodes: the cache is then this
+    package's ``RedisClusterCache`` instead (the cluster section of the benchmarks).
 ``DRS_BENCH_DB``
     ``postgres`` (default) or ``sqlite``.
 ``DRS_BENCH_PG_NAME`` / ``DRS_BENCH_PG_HOST`` / ``DRS_BENCH_PG_PORT`` / ``DRS_BENCH_PG_USER`` /
@@ -105,6 +108,15 @@ CACHES: dict[str, dict[str, Any]] = {
         "OPTIONS": {"SOCKET_TIMEOUT": 0.25, "SOCKET_CONNECT_TIMEOUT": 0.25},
     }
 }
+_cluster_urls = [url for url in os.environ.get("DRS_BENCH_CLUSTER_URLS", "").split(",") if url]
+if _cluster_urls:
+    if 6379 in {urlsplit(url).port or 6379 for url in _cluster_urls}:
+        raise ImproperlyConfigured("DRS_BENCH_CLUSTER_URLS must not name port 6379")
+    CACHES["default"] = {
+        "BACKEND": "django_resilient_sessions.cache.RedisClusterCache",
+        "LOCATION": _cluster_urls,
+        "OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25},
+    }
 
 RESILIENT_SESSIONS: dict[str, Any] = {}
 

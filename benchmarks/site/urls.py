@@ -10,5 +10,6 @@ urlpatterns = [
     path("login/", views.login_view),
     path("read/", views.read_view),
     path("write/", views.write_view),
+    path("logout/", views.logout_view),
     path("health/", views.health_view),
 ]

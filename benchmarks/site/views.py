@@ -2,7 +2,8 @@
 
 ``POST /login/`` logs a user in and puts :data:`APP_DATA` (about 500 bytes of JSON: a cart,
 preferences, a half-filled form) in the session, as a shop would. ``GET /read/`` reads the
-session (the user and the cart); ``POST /write/`` changes it. Every answer carries
+session (the user and the cart); ``POST /write/`` changes it; ``POST /logout/`` logs out
+(the sizing measurements count its cost). Every answer carries
 ``X-Bench-Auth: 1`` when the request was logged in, ``0`` when it was not, so the load
 generator can count requests that were silently logged out.
 """
@@ -66,6 +67,15 @@ def write_view(request: HttpRequest) -> HttpResponse:
     session["flash"] = request.POST.get("note", "")[:100]
     body = {"user": request.user.get_username() or None, "visits": session["visits"]}
     return _auth_header(request, JsonResponse(body))
+
+
+@csrf_exempt
+@require_POST
+def logout_view(request: HttpRequest) -> HttpResponse:
+    from django.contrib.auth import logout
+
+    logout(request)
+    return _auth_header(request, JsonResponse({"ok": True}))
 
 
 @require_GET

@@ -19,6 +19,7 @@ from .. import (
     ledger,
     lifecycle,
     purges,
+    requestscope,
     signals,
     tracing,
     tracking,
@@ -54,6 +55,8 @@ class Loading(StoreState):
 
     def _load(self) -> dict[str, Any]:
         self._loaded = True
+        if self.backup_token is None:  # a store built without the request's backup
+            self.backup_token = requestscope.backup_for(self.session_key)
         purges.check_if_due(self._cache)
         key_hash = self.key_hash
         try:
@@ -208,8 +211,9 @@ class Loading(StoreState):
     ) -> dict[str, Any]:
         """Serve the login alone, as its row has it (no copy of the session at hand).
 
-        Version 0 and no lineage: any backup of this session wins over it, and
-        what is written on top of it is a branch of its own.
+        No lineage: what is written on top of it is a branch of its own.  Its version
+        is the newest the row saw served, so that the backups of what is written on
+        top of it are not taken for rollbacks (an older backup is refused as before).
         """
         found = self._ledger_login
         assert found is not None
@@ -222,13 +226,14 @@ class Loading(StoreState):
             ROW_EXPIRY_KEY: int(found.expires_at),
             ROW_HASH_KEY: lifecycle.fingerprint(found.auth_hash),
         }
-        data = self._use(0, 0, data, "ledger", in_cache=False)
+        data = self._use(found.served, 0, data, "ledger", in_cache=False)
         if self.session_key is None:
             return data  # timed out
+        self._served = found.served
         health.count("restored_from_ledger")
         if decision.write is not Write.NONE:
             ttl = int(found.expires_at - time.time())
-            return self._write_back(key_hash, read, Entry(0, data, NO_TAG), ttl)
+            return self._write_back(key_hash, read, Entry(found.served, data, NO_TAG), ttl)
         return data
 
     def _write_back(self, key_hash: str, read: CacheRead, entry: Entry, ttl: int) -> dict[str, Any]:

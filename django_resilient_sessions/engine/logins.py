@@ -62,16 +62,13 @@ class Logins(Loading):
         evicted: list[str] = []
         failure: LedgerUnavailable | None = None
         try:
-            recorded, evicted = ledger.start(
-                self.key_hash,
-                user,
-                expires_at,
-                self._version + 1,
-                self.client.ip,
-                self.client.user_agent,
-                str(data.get(BACKEND_SESSION_KEY, "")),
-                str(data.get(HASH_SESSION_KEY, "")),
-            )
+            recorded, evicted = self._record_start(data, user, expires_at)
+            if recorded is None:
+                # The key's row was ended (revoked, logged out): a login never brings
+                # it back.  The login goes on under a new key, the old one stays ended.
+                security_logger.warning("Login on a session key that was ended: new key.")
+                self._move_to_new_key()
+                recorded, evicted = self._record_start(data, user, expires_at)
             row = Row.ACTIVE if recorded else Row.MISSING
         except LedgerUnavailable as error:
             row, failure = Row.UNWRITABLE, error
@@ -90,6 +87,30 @@ class Logins(Loading):
         self._withheld = {}
         self._served = max(self._served, self._version + 1)  # the row has that version
         tracking.settle(evicted)
+
+    def _record_start(
+        self, data: dict[str, Any], user: Any, expires_at: float
+    ) -> tuple[bool | None, list[str]]:
+        return ledger.start(
+            self.key_hash,
+            user,
+            expires_at,
+            self._version + 1,
+            self.client.ip,
+            self.client.user_agent,
+            str(data.get(BACKEND_SESSION_KEY, "")),
+            str(data.get(HASH_SESSION_KEY, "")),
+        )
+
+    def _move_to_new_key(self) -> None:
+        """Leave an ended key for a new one, keeping the data in hand (saved later)."""
+        old = self.key_hash
+        self._session_key = None
+        self._get_or_create_session_key()  # type: ignore[attr-defined]
+        self._version = self._base = 0
+        self._in_cache = False
+        self.modified = True
+        tracking.remove([old], queue=True)  # its Redis copy, if any, is over too
 
     def _take_back_login(self, data: dict[str, Any]) -> None:
         lifecycle.strip_login(data)

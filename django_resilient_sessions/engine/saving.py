@@ -19,6 +19,7 @@ from .. import (
     health,
     ledger,
     lifecycle,
+    requestscope,
     signals,
     tracing,
     trust,
@@ -223,6 +224,7 @@ class Saving(Logins):
 
     def _record(self, sealed: cookies.Sealed | None, key_hash: str) -> None:
         self.sealed = sealed
+        requestscope.record(self.session_key, sealed.token if sealed else None)
         if sealed is None:
             health.count("backups_omitted")
             return

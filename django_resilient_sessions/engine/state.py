@@ -23,6 +23,7 @@ from .. import (
     codec,
     cookies,
     ledger,
+    requestscope,
 )
 from ..cachecopy import SessionCache, hash_key
 from ..client import ClientInfo
@@ -46,7 +47,7 @@ class StoreState(SessionBase):
         super().__init__(session_key)
         self._cache = SessionCache.of(settings.SESSION_CACHE_ALIAS, self.serializer)
         self.backup_token = backup
-        self.client = client or ClientInfo()
+        self.client = client or requestscope.client() or ClientInfo()
         #: True when this request could not use the cache.
         self.degraded = False
         #: Where the data came from: "cache", "backup" or None (new or not loaded).

@@ -20,7 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from tests.settings import *  # noqa: F403
-from tests.settings import _REDIS_OPTIONS, CACHES
+from tests.settings import _REDIS_OPTIONS, CACHES, DATABASES
+
+# The second database is for tests/test_multidb.py only.
+DATABASES = {"default": DATABASES["default"]}
 
 INSTALLED_APPS = [
     "django.contrib.auth",

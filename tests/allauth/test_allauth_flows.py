@@ -44,6 +44,7 @@ from django.test import Client, override_settings
 from django_resilient_sessions.cachecopy import hash_key
 from django_resilient_sessions.models import EndReason, PendingPurge
 from django_resilient_sessions.models import UserSession as LedgerRow
+from tests.faults import LedgerFaults
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.django_db
@@ -218,12 +219,15 @@ def recovered(client: Client) -> dict[str, Any]:
 # -- headless helpers -------------------------------------------------------------------------
 
 
-def api(client: Client, method: str, path: str, data: Any = None, token: str = "") -> Any:
+def raw_api(client: Client, method: str, path: str, data: Any = None, token: str = "") -> Any:
     headers = {"X-Session-Token": token} if token else {}
     body = json.dumps(data) if data is not None else ""
     call = getattr(client, method)
-    response = call(path, body, content_type=JSON, headers=headers)
-    return no_5xx(response)
+    return call(path, body, content_type=JSON, headers=headers)
+
+
+def api(client: Client, method: str, path: str, data: Any = None, token: str = "") -> Any:
+    return no_5xx(raw_api(client, method, path, data, token))
 
 
 def app_sign_in(client: Client) -> str:
@@ -284,6 +288,39 @@ def test_browser_login_is_kept_through_an_outage(
     assert recovered(laptop) == {"user": USERNAME, "degraded": False}
     assert cookie(laptop, settings.SESSION_COOKIE_NAME) == key
     assert allauth_rows(key) == {key}
+
+
+REFUSE = {
+    "BREAKER_COOLDOWN": COOLDOWN,
+    "MAX_SESSIONS_PER_USER": 1,
+    "SESSION_LIMIT_POLICY": "refuse",
+}
+
+
+@override_settings(RESILIENT_SESSIONS=REFUSE)
+def test_refused_login_in_allauths_login_view_is_the_403_page(alice: User) -> None:
+    """allauth's view does not catch ``SessionLimitExceeded`` from ``login()``: the
+    middleware answers it, with the 403 page, as for the admin's."""
+    laptop = device(LAPTOP)
+    key = sign_in(laptop)
+    phone = Client(HTTP_USER_AGENT=PHONE, raise_request_exception=False)
+    response = phone.post("/accounts/login/", {"login": USERNAME, "password": PASSWORD})
+    assert response.status_code == 403
+    assert b"Too many active sessions" in response.content
+    assert user_of(phone) is None
+    assert user_of(laptop) == USERNAME
+    assert LedgerRow.objects.filter(ended_at=None).count() == 1
+    assert allauth_rows(key) == {key} and AllauthSession.objects.count() == 1
+    # The headless app client's login view too; it asks for JSON.
+    response = Client(raise_request_exception=False).post(
+        f"{APP}/auth/login",
+        json.dumps({"username": USERNAME, "password": PASSWORD}),
+        content_type=JSON,
+        headers={"Accept": JSON},
+    )
+    assert response.status_code == 403
+    assert response.json()["error"] == "session_limit"
+    assert LedgerRow.objects.filter(ended_at=None).count() == 1
 
 
 def test_browser_login_during_an_outage(outage_redis: RedisServer, alice: User) -> None:
@@ -496,7 +533,7 @@ def test_app_token_logged_out_is_410_at_any_time(
 
 
 @pytest.mark.parametrize("kind", ["hung", "restarted"])
-def test_app_logout_during_an_outage_is_for_good_or_refused(
+def test_app_logout_during_an_outage_is_for_good(
     outage_redis: RedisServer, alice: User, kind: str
 ) -> None:
     client = Client()
@@ -504,9 +541,8 @@ def test_app_logout_during_an_outage_is_for_good_or_refused(
     outage = Outage(outage_redis, kind)
     outage.begin()
     response = api(client, "delete", f"{APP}/auth/session", token=token)
-    if response.status_code == 503:
-        return  # refused visibly: nothing changed, the client knows to try again
-    assert response.status_code == 401
+    assert response.status_code == 401  # allauth's answer to a logout
+    assert response.json()["meta"]["is_authenticated"] is False
     assert ledger_row(token).ended_at is not None
     outage.end()
     for _ in range(3):
@@ -514,7 +550,32 @@ def test_app_logout_during_an_outage_is_for_good_or_refused(
         wait_cooldown()
 
 
-def test_app_login_during_an_outage_works_afterwards_or_is_refused(
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["hung", "restarted"])
+def test_app_logout_during_an_outage_the_ledger_cannot_record_is_refused(
+    outage_redis: RedisServer, alice: User, kind: str
+) -> None:
+    """Redis down and the database read-only: the logout is a 503 and changes nothing."""
+    client = Client()
+    token = app_sign_in(client)
+    outage = Outage(outage_redis, kind)
+    outage.begin()
+    with LedgerFaults() as ledger:
+        ledger.down("readonly")
+        response = raw_api(client, "delete", f"{APP}/auth/session", token=token)
+        assert response.status_code == 503
+        assert response["Retry-After"]
+        assert any(entry.fault == "readonly" for entry in ledger.log)
+    assert ledger_row(token).ended_at is None
+    assert token_status(token) == 200  # still signed in: the client may try again
+    outage.end()
+    assert token_statuses_until_authenticated(token)[-1] == 200
+    response = api(client, "delete", f"{APP}/auth/session", token=token)
+    assert response.status_code == 401  # and now the logout is for good
+    assert token_status(token) == 410
+
+
+def test_app_login_during_an_outage_works_afterwards(
     outage_redis: RedisServer, alice: User
 ) -> None:
     outage = Outage(outage_redis, "hung")
@@ -522,13 +583,34 @@ def test_app_login_during_an_outage_works_afterwards_or_is_refused(
     response = api(
         Client(), "post", f"{APP}/auth/login", {"username": USERNAME, "password": PASSWORD}
     )
-    if response.status_code == 503:
-        return  # refused visibly
     assert response.status_code == 200
+    assert response.json()["meta"]["is_authenticated"] is True
     token = response.json()["meta"]["session_token"]
+    assert ledger_row(token).ended_at is None
+    assert token_status(token) == 200  # during the outage, vouched for by the ledger row
     outage.end()
     seen = token_statuses_until_authenticated(token)
     assert seen[-1] == 200, seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_app_login_during_an_outage_the_ledger_cannot_record_is_refused(
+    outage_redis: RedisServer, alice: User
+) -> None:
+    """Redis hung and the database read-only: the login is a 503, no token, no row."""
+    outage = Outage(outage_redis, "hung")
+    outage.begin()
+    with LedgerFaults() as ledger:
+        ledger.down("readonly")
+        response = raw_api(
+            Client(), "post", f"{APP}/auth/login", {"username": USERNAME, "password": PASSWORD}
+        )
+        assert response.status_code == 503
+        assert b"session_token" not in response.content
+        assert any(entry.fault == "readonly" for entry in ledger.log)
+    assert not LedgerRow.objects.exists()
+    outage.end()
+    assert token_status(app_sign_in(Client())) == 200  # once it can be recorded, it is
 
 
 # -- headless browser client (cookies) --------------------------------------------------------

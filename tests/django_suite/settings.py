@@ -13,7 +13,10 @@ import sys
 
 from tests.django_suite.fetch import is_fetched, suite_root
 from tests.settings import *  # noqa: F403
-from tests.settings import INSTALLED_APPS, MIDDLEWARE
+from tests.settings import DATABASES, INSTALLED_APPS, MIDDLEWARE
+
+# The second database is for tests/test_multidb.py only.
+DATABASES = {"default": DATABASES["default"]}
 
 if is_fetched():
     _root = str(suite_root())

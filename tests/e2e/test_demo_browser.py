@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - the `browser` fixture reports it
     if os.environ.get("CI"):
         raise
     pytest.skip(
-        "browser test skipped: playwright is not installed (pip install '.[test]')",
+        "browser test skipped: playwright is not installed (make venv: the test group)",
         allow_module_level=True,
     )
 

@@ -61,6 +61,9 @@ def sdist_archive(project: str, version: str) -> Path:
             "--no-deps",
             "--no-binary",
             ":all:",
+            # Only the sources are wanted: Django 6.x's sdist, fetched by a Python 3.11
+            # (the nox process, for a Python 3.12 session), is not refused.
+            "--ignore-requires-python",
             "--dest",
             tmp,
             f"{project}=={version}",

@@ -139,3 +139,53 @@ def typed(request: HttpRequest) -> JsonResponse:
         "keys": type(next(iter(by_id), None)).__name__,
     }
     return JsonResponse({"types": types, "pair": request.session.get("pair")})
+
+
+@csrf_exempt
+@require_POST
+def set_datetime(request: HttpRequest) -> JsonResponse:
+    """A site's bug: a value JSON cannot hold (Django's ``cache`` engine would pickle it)."""
+    from django.utils import timezone
+
+    request.session["when"] = timezone.now()  # the line the TypeError must point at
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+@require_POST
+def save_by_key(request: HttpRequest) -> JsonResponse:
+    """Save, by its key, a session this request did not load (as admin tools do).
+
+    Answers the name of what ``save()`` raised (``None`` when it saved) and whether the
+    key exists afterwards.
+    """
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.sessions.backends.base import UpdateError
+
+    engine = import_module(settings.SESSION_ENGINE).SessionStore
+    key = request.POST["key"]
+    store = engine(key)
+    store.modified = True
+    try:
+        store.save()
+    except UpdateError as error:
+        raised: str | None = type(error).__name__
+    else:
+        raised = None
+    return JsonResponse({"raised": raised, "exists": engine().exists(key)})
+
+
+@csrf_exempt
+@require_POST
+def stash_and_rebuild(request: HttpRequest) -> JsonResponse:
+    """What django-allauth does with an OAuth state: set it, save, then put a new store
+    for the same key on the request (``SessionStore(key)``), for the middleware to save."""
+    for key, value in request.POST.items():
+        request.session[key] = value
+    request.session.save()
+    key = request.session.session_key
+    request.session = type(request.session)(key)
+    request.session.modified = True
+    return JsonResponse({"ok": True})

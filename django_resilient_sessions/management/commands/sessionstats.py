@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Avg, Count, Max
 
 from ... import recent, status
@@ -25,8 +25,12 @@ EXIT_CODES = {status.OK: 0, status.DEGRADED: 1, status.DOWN: 2}
 
 
 def served_from_backups(minutes: int | None = None) -> dict[str, Any]:
-    """The "served from backups in the last N minutes" figure (count None: unknown)."""
-    minutes = minutes or conf.BACKUP_LOADS_WINDOW or 15
+    """The "served from backups in the last N minutes" figure (count None: unknown).
+
+    At most ``BACKUP_LOADS_WINDOW`` minutes: the database keeps no older minutes.
+    """
+    window = conf.BACKUP_LOADS_WINDOW or 15
+    minutes = min(minutes or window, window)
     count: int | None = None
     if conf.BACKUP_LOADS_WINDOW is not None:
         try:
@@ -103,6 +107,8 @@ class Command(BaseCommand):
             if code:
                 sys.exit(code)
             return
+        if options["minutes"] is not None and options["minutes"] < 1:
+            raise CommandError("--minutes must be 1 or more.")
         self.check()
         stats = collect(options["minutes"])
         if options["json"]:
