@@ -10,6 +10,7 @@ full middleware stack.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -20,11 +21,12 @@ from django.contrib.sessions.models import Session
 from django.core import signing
 from django.core.management import call_command
 from django.core.signing import JSONSerializer
+from django.db import connection, connections, transaction
 from django.http import HttpRequest
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from django_resilient_sessions import previous, tracking
+from django_resilient_sessions import bars, previous, tracking
 from django_resilient_sessions.backends.resilient import SessionStore
 from django_resilient_sessions.exceptions import LedgerUnavailable
 from django_resilient_sessions.models import AdoptedSession, AdoptionBar, UserSession
@@ -295,3 +297,53 @@ def test_clearsessions_lifts_the_bars_that_can_refuse_nothing() -> None:
     with resilient_site(None):
         assert clearsessions().endswith("Adoption bars lifted: 1.")
     assert not AdoptionBar.objects.exists()
+
+
+# A revocation and an adoption at once --------------------------------------------------------
+
+
+def test_an_adoption_during_a_revocation_waits_for_it_and_is_refused() -> None:
+    """The revocation holds the user's row while it ends the rows and writes the bar; an
+    adoption of that user's session meanwhile waits on that lock (PostgreSQL shows it
+    waiting), then finds the bar.  Without the lock it would have committed a login the
+    revocation never saw."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no row locks (SELECT ... FOR UPDATE is a no-op)")
+    stolen = log_in_on(DB, "alice", cart="a stolen cart")
+    alice = User.objects.get(username="alice")
+    waited: list[bool] = []
+    locked = threading.Event()
+
+    def revocation() -> None:
+        try:
+            with transaction.atomic():
+                bars.lock_users([alice.pk])
+                locked.set()
+                waited.append(_a_backend_waits_on_a_lock())
+                bars.raise_for([str(alice.pk)], timezone.now())
+        finally:
+            connection.close()
+
+    with resilient_site(DB):
+        thread = threading.Thread(target=revocation)
+        thread.start()
+        assert locked.wait(30)
+        answer = state(moved(stolen))
+        thread.join()
+    assert waited == [True], "the adoption did not wait for the revocation"
+    assert answer == {"user": None, "degraded": False, "data": {}}
+    assert not UserSession.objects.exists()
+
+
+def _a_backend_waits_on_a_lock(polls: int = 300) -> bool:
+    """Does another backend wait on a lock (``pg_stat_activity``)?  Polled, bounded."""
+    with connections["default"].cursor() as cursor:
+        for _ in range(polls):
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return True
+            time.sleep(0.05)  # (polling, not an assertion)
+    return False
