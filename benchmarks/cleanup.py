@@ -31,13 +31,13 @@ USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/1
 _PG_TRACKING = """
 INSERT INTO {table} (key_hash, user_id, created_at, last_activity, expires_at, ended_at,
                      end_reason, ip, user_agent, device_type, browser, os, backup_version,
-                     auth_backend, auth_hash)
+                     auth_backend, auth_hash, signed_origin)
 SELECT encode(sha256(('drs-bench-' || g)::bytea), 'hex'),
        %s + g %% %s,
        now() - interval '90 days',
        now() - interval '62 days',
        now() - interval '31 days' - (g %% 2592000) * interval '1 second',
-       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0, '', ''
+       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0, '', '', false
 FROM generate_series(1, %s) AS g
 """
 
@@ -56,11 +56,11 @@ _SQLITE_TRACKING = (
     + """
 INSERT INTO {table} (key_hash, user_id, created_at, last_activity, expires_at, ended_at,
                      end_reason, ip, user_agent, device_type, browser, os, backup_version,
-                     auth_backend, auth_hash)
+                     auth_backend, auth_hash, signed_origin)
 SELECT printf('%%064x', n), %s + n %% %s,
        datetime('now', '-90 days'), datetime('now', '-62 days'),
        datetime('now', '-31 days', '-' || (n %% 2592000) || ' seconds'),
-       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0, '', ''
+       NULL, '', '192.0.2.1', %s, 'pc', 'Firefox', 'Linux', 0, '', '', 0
 FROM g
 """
 )

@@ -8,7 +8,10 @@ it, the session is taken over:
 1. its login, if any, is resolved as ``django.contrib.auth.get_user()`` would
    (a backend no longer in ``AUTHENTICATION_BACKENDS``, a deleted or inactive
    user, or a session auth hash that no longer matches, after a password
-   change, drops the login, as Django would);
+   change, drops the login, as Django would); a login naming a user whose
+   sessions were ended after it was issued (an adoption bar, :mod:`.bars`)
+   refuses the whole session: it is recorded as adopted and deleted from the previous
+   store, and nothing is served;
 2. in one transaction: an :class:`~.models.AdoptedSession` record (unique on
    the key's hash: of two requests adopting it at once, the second fails here
    and loads again what the first adopted), the login's ``UserSession`` row
@@ -28,34 +31,42 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-from django.contrib.auth import (
-    BACKEND_SESSION_KEY,
-    HASH_SESSION_KEY,
-    SESSION_KEY,
-    get_user_model,
-    load_backend,
-)
-from django.core.exceptions import ValidationError
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.db import DatabaseError, IntegrityError, transaction
-from django.utils.crypto import constant_time_compare
+from django.utils import timezone
 
-from . import engines, health, ledger, lifecycle, previous, tracking
+from . import bars, engines, health, ledger, lifecycle, previous, tracking
 from .cachecopy import CacheRead, Entry, hash_key
 from .conf import UNTRACKED_KEY, conf
 from .dbaccess import db
 from .exceptions import CacheUnavailable, LedgerUnavailable
-from .models import AdoptedSession
+from .models import AdoptedSession, EndReason
 from .trust import Cache
+from .vetting import expiry_age, resolve_user, storable, verified
 
 if TYPE_CHECKING:
     from .engine.loading import Loading
 
-__all__ = ["ADOPTED_TAG", "adopt", "enabled", "resolve_user"]
+__all__ = [
+    "ADOPTED_TAG",
+    "RACE_SECONDS",
+    "adopt",
+    "adopted_at",
+    "enabled",
+    "expiry_age",
+    "load_again",
+    "resolve_user",
+    "storable",
+    "take_over",
+    "verified",
+]
 
 logger = logging.getLogger("django_resilient_sessions")
+security_logger = logging.getLogger("django.security.SuspiciousSession")
 
 #: The backup fingerprint an adopted Redis copy is stored with: no backup has it,
 #: so the client's first request gets a fresh backup.
@@ -76,101 +87,6 @@ def enabled() -> bool:
     return conf.PREVIOUS_ENGINE is not None
 
 
-def resolve_user(data: dict[str, Any]) -> Any:
-    """The user the login in ``data`` stands for, as Django's ``get_user()`` finds it.
-
-    ``None``: no login, or one Django would not honour (its backend is no longer
-    configured, its user is gone or inactive, its session auth hash is no longer
-    the user's: see :func:`verified`).  A database that fails raises
-    ``LedgerUnavailable``: the login cannot be checked, so nothing is adopted.
-    """
-    user_id, path = data.get(SESSION_KEY), data.get(BACKEND_SESSION_KEY)
-    if user_id is None or path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    try:
-        pk = get_user_model()._meta.pk.to_python(user_id)
-        user = load_backend(str(path)).get_user(pk)
-    except (ValidationError, ValueError, TypeError):
-        return None  # an id that is no user's
-    except DatabaseError as error:
-        raise LedgerUnavailable(f"the user of an adopted session: {error}") from error
-    return user if user is not None and verified(user, data) else None
-
-
-def verified(user: Any, data: dict[str, Any]) -> bool:
-    """Does the session auth hash in ``data`` still vouch for ``user``?
-
-    As ``get_user()`` checks it at every request: a login made before a password
-    change (or without a hash, for a user model that has one) is not one.  A hash
-    made with a ``SECRET_KEY_FALLBACKS`` key is accepted and replaced in ``data``
-    by the current one, as Django does.  Checked before the login is recorded, so
-    a stale session never takes a place in the ledger (nor, under
-    ``MAX_SESSIONS_PER_USER``, evicts a live one).
-    """
-    if not hasattr(user, "get_session_auth_hash"):
-        return True
-    stored = str(data.get(HASH_SESSION_KEY) or "")
-    current = user.get_session_auth_hash()
-    if stored and constant_time_compare(stored, current):
-        return True
-    fallbacks = getattr(user, "get_session_auth_fallback_hash", lambda: ())()
-    if stored and any(constant_time_compare(stored, other) for other in fallbacks):
-        data[HASH_SESSION_KEY] = current
-        return True
-    logger.warning(
-        "A session of the previous engine was adopted without its login: its "
-        "session auth hash is no longer the user's (a password change)."
-    )
-    return False
-
-
-def expiry_age(store: Any, data: dict[str, Any]) -> int:
-    """Seconds an adopted session has left by its ``set_expiry()`` choice.
-
-    A ``_session_expiry`` Django cannot read (garbage in the old store) is
-    dropped, with a warning: the default age applies, rather than every later
-    save of the session failing.
-    """
-    try:
-        age = store.get_expiry_age(expiry=data.get("_session_expiry"))
-        if isinstance(age, int | float) and not isinstance(age, bool):
-            return int(age)
-    except (ValueError, TypeError, OverflowError):
-        pass  # an unreadable value: dropped below
-    logger.warning("An adopted session's _session_expiry was unreadable and was dropped.")
-    data.pop("_session_expiry", None)
-    return int(store.get_session_cookie_age())
-
-
-def storable(data: dict[str, Any], serializer: Any) -> dict[str, Any]:
-    """``data`` without the values ``SESSION_SERIALIZER`` cannot take.
-
-    Django's ``cache`` engine pickles, so its sessions may hold values (a
-    ``datetime``, a ``set``) that this engine's copies, serialized with
-    ``SESSION_SERIALIZER`` (JSON by default), cannot: those keys are dropped,
-    with a warning naming them, rather than the whole session.
-    """
-    try:
-        serializer().dumps(data)
-        return data
-    # Whatever the serializer raises (TypeError, ValueError...): find the culprits.
-    except Exception:
-        kept, dropped = {}, []
-        for key, value in data.items():
-            try:
-                serializer().dumps({key: value})
-            # As above: this value cannot be kept.
-            except Exception:
-                dropped.append(key)
-            else:
-                kept[key] = value
-    logger.warning(
-        "Adopted session values SESSION_SERIALIZER cannot store were dropped: %s",
-        ", ".join(repr(k) for k in dropped),
-    )
-    return kept
-
-
 def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
     """Take over the previous engine's session under the store's key, if it has one.
 
@@ -179,7 +95,6 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
     """
     old_key = store.session_key
     assert old_key is not None
-    old_hash = store.key_hash
     try:
         found = previous.lookup(old_key, cache_reachable=read.state is not Cache.UNREACHABLE)
     except previous.PreviousUnavailable:
@@ -187,55 +102,98 @@ def adopt(store: Loading, read: CacheRead) -> dict[str, Any] | None:
         return None
     if found is None:
         # Adopted by a concurrent request meanwhile (and gone from the store)?
-        adopted = _adopted_at(old_hash)
+        adopted = adopted_at(store.key_hash)
         if adopted is None:
             store.keep_cookie = True  # cannot tell
-        return _load_again(store, adopted) if adopted else None
+        return load_again(store, adopted) if adopted else None
+    return take_over(store, read, found)
+
+
+@dataclass
+class _Outcome:
+    recorded: bool = False  # the login has its ledger row
+    written: bool = False  # the Redis copy is written
+    refused: bool = False  # its user's sessions were ended since it was issued (bars)
+
+
+def take_over(
+    store: Loading, read: CacheRead, found: previous.Found, *, over: bool = False
+) -> dict[str, Any] | None:
+    """Adopt ``found``, the previous engine's session under the store's key.
+
+    ``over``: this engine still holds a copy of that key, from before the site
+    left for the previous engine (:mod:`.handback`); the previous store's is
+    newer, and replaces it.
+    """
+    old_key = store.session_key
+    assert old_key is not None
+    old_hash = store.key_hash
     signed = engines.kind_of(engines.store_class(previous.engine())) == engines.SIGNED
     new_key = store._get_new_session_key() if signed else old_key
     data = storable(dict(found.data), store.serializer)
     try:
         user = resolve_user(data)
-        recorded, written = _commit(store, old_hash, hash_key(new_key), data, user, read)
+        done = _commit(store, (old_hash, hash_key(new_key)), data, user, read, found, over=over)
     except _Taken:
-        return _load_again(store, _adopted_at(old_hash))
+        return load_again(store, adopted_at(old_hash))
     except LedgerUnavailable as error:
         logger.warning("A session of the previous engine was not adopted: %s", error)
         store.keep_cookie = True
         return None
     previous.forget(old_key)
+    if done.refused:
+        security_logger.warning(
+            "A session of the previous engine was refused: its user's sessions were ended "
+            "after it was issued."
+        )
+        if over:
+            tracking.remove([old_hash], queue=True)  # the copy held from before is over too
+        return None
     health.count("sessions_adopted")
-    logger.info("Session adopted from %s%s.", previous.engine(), " (a login)" * recorded)
+    logger.info("Session adopted from %s%s.", previous.engine(), " (a login)" * done.recorded)
     store._session_key = new_key
     store.adopted_new_key = new_key != old_key
-    data = store._use(VERSION, VERSION if written else 0, data, "adopted", in_cache=written)
-    store._parent = ADOPTED_TAG if written else store._parent
-    if recorded:
+    data = store._use(
+        VERSION, VERSION if done.written else 0, data, "adopted", in_cache=done.written
+    )
+    store._parent = ADOPTED_TAG if done.written else store._parent
+    if done.recorded:
         store._served = VERSION  # the row holds that version
     store.needs_backup = True  # the response carries the session's first backup
     return data
 
 
 def _commit(
-    store: Loading, old_hash: str, new_hash: str, data: dict[str, Any], user: Any, read: CacheRead
-) -> tuple[bool, bool]:
+    store: Loading,
+    hashes: tuple[str, str],
+    data: dict[str, Any],
+    user: Any,
+    read: CacheRead,
+    found: previous.Found,
+    *,
+    over: bool,
+) -> _Outcome:
     """Record the adoption (and its login) and write the Redis copy, in one transaction.
 
-    Returns ``(login recorded, Redis copy written)``.  ``data`` loses a login
-    that cannot be kept (no user, or refused by the session limit).
+    ``hashes``: the old key's and the new key's.  ``data`` loses a login that
+    cannot be kept (no user, or refused by the session limit).  A barred login
+    (:mod:`.bars`) refuses the whole session: only the record is written.
     """
+    old_hash, new_hash = hashes
     now = time.time()
     expires_at = now + expiry_age(store, data)
     evicted: list[str] = []
-    recorded: bool | None = False
-    written = False
+    done = _Outcome()
     try:
         with transaction.atomic(using=db()):
-            try:
-                with transaction.atomic(using=db()):
-                    AdoptedSession.objects.create(key_hash=old_hash, engine=previous.engine())
-            except IntegrityError:
-                raise _Taken from None
+            _record(old_hash, over=over)
+            if over:
+                # What this engine held of it is over: the previous store's copy replaces it.
+                ledger.end_rows([new_hash], str(EndReason.EXPORTED), queue=False)
+            claimed = found.data.get(SESSION_KEY)
+            if claimed is not None and bars.refuses_login(str(claimed), found.issued_at):
+                done.refused = True
+                return done
             if user is None:
                 lifecycle.strip_login(data)
             elif not ledger.tracks(user):
@@ -251,30 +209,48 @@ def _commit(
                     store.client.user_agent,
                     str(data.get(BACKEND_SESSION_KEY, "")),
                     str(data.get(HASH_SESSION_KEY, "")),
+                    signed_origin=new_hash != old_hash,
                 )
-                if recorded:
+                done.recorded = bool(recorded)
+                if done.recorded:
                     lifecycle.stamp(data, now, expires_at, login=True)
                 else:
                     logger.warning("Adopted without its login: the user is at the session limit.")
                     lifecycle.strip_login(data)
             if read.state is not Cache.UNREACHABLE:
-                written = _write(store, new_hash, data, int(expires_at - now))
+                expected = read.sha if over else ""
+                done.written = _write(store, new_hash, data, int(expires_at - now), expected)
     except DatabaseError as error:
-        if written:
+        if done.written:
             _undo(store, new_hash)
         raise LedgerUnavailable(f"recording an adoption: {error}") from error
     except LedgerUnavailable:
-        if written:
+        if done.written:
             _undo(store, new_hash)
         raise
     tracking.settle(evicted)
-    return bool(recorded), written
+    return done
 
 
-def _write(store: Loading, key_hash: str, data: dict[str, Any], ttl: int) -> bool:
-    """The Redis copy (before the commit, so a request that loses the race finds it)."""
+def _record(old_hash: str, *, over: bool) -> None:
+    """The ``AdoptedSession`` record: unique, so of two requests adopting at once the
+    second fails here (``_Taken``).  ``over``: a record left from before the site left
+    (older than a race) no longer stands in the way."""
     try:
-        other = store._cache.write_back(key_hash, Entry(VERSION, data, ADOPTED_TAG), ttl, "")
+        with transaction.atomic(using=db()):
+            if over:
+                race = timezone.now() - timedelta(seconds=RACE_SECONDS)
+                AdoptedSession.objects.filter(key_hash=old_hash, adopted_at__lt=race).delete()
+            AdoptedSession.objects.create(key_hash=old_hash, engine=previous.engine())
+    except IntegrityError:
+        raise _Taken from None
+
+
+def _write(store: Loading, key_hash: str, data: dict[str, Any], ttl: int, expected: str) -> bool:
+    """The Redis copy (before the commit, so a request that loses the race finds it);
+    ``expected``: the SHA-1 of the copy it replaces ("" for none)."""
+    try:
+        other = store._cache.write_back(key_hash, Entry(VERSION, data, ADOPTED_TAG), ttl, expected)
     except CacheUnavailable:
         store.degraded = True
         return False
@@ -292,7 +268,7 @@ def _undo(store: Loading, key_hash: str) -> None:
         logger.error("An adoption failed, and its Redis copy could not be removed.")
 
 
-def _adopted_at(key_hash: str) -> float | None:
+def adopted_at(key_hash: str) -> float | None:
     """When this key was adopted (unix time; 0.0: never).  ``None``: the database
     cannot tell."""
     try:
@@ -306,7 +282,7 @@ def _adopted_at(key_hash: str) -> float | None:
     return 0.0 if when is None else when.timestamp()
 
 
-def _load_again(store: Loading, adopted_at: float | None) -> dict[str, Any]:
+def load_again(store: Loading, when: float | None) -> dict[str, Any]:
     """Serve what another request adopted (never adopt twice).
 
     Within :data:`RACE_SECONDS` of that adoption (or when the database cannot
@@ -316,6 +292,6 @@ def _load_again(store: Loading, adopted_at: float | None) -> dict[str, Any]:
     """
     store._adoption_done = True
     data = store._load()  # within the request's one load (counted and traced once)
-    if adopted_at is None or time.time() - adopted_at < RACE_SECONDS:
+    if when is None or time.time() - when < RACE_SECONDS:
         store.keep_cookie = True  # the other request's response sets the cookies
     return data

@@ -27,22 +27,20 @@ from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
     SESSION_KEY,
-    get_user_model,
-    load_backend,
 )
-from django.contrib.auth.backends import ModelBackend
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from . import engines, ledger, lifecycle, previous, tracking
-from .adoption import ADOPTED_TAG, VERSION, expiry_age, resolve_user, storable, verified
+from . import bars, engines, ledger, lifecycle, previous, tracking
+from .adoption import ADOPTED_TAG, VERSION
 from .cachecopy import Entry, SessionCache, hash_key
 from .conf import UNTRACKED_KEY, conf
 from .dbaccess import db, when
 from .exceptions import CacheUnavailable, LedgerUnavailable
 from .models import AdoptedSession, UserSession
+from .vetting import expiry_age, storable, users_of
 
 __all__ = ["STORE_ERRORS", "Counts", "Item", "NotSupported", "adopt_all"]
 
@@ -86,6 +84,8 @@ class Counts:
     anonymous: int = 0
     already: int = 0
     adopted: int = 0
+    #: Logins refused with their session: their user's sessions were ended since (bars).
+    refused: int = 0
     #: The store's size when known (a table's row count), for a progress bar.
     total: int | None = None
     started: float = field(default_factory=time.monotonic)
@@ -187,37 +187,6 @@ def _cache_batch(cache: Any, client: Any, made: str, prefix: str, raw_keys: list
     return items, len(keys) - len(items)
 
 
-def users_of(items: list[Item]) -> dict[str, Any]:
-    """The user each login stands for (``resolve_user``), model backends in one query.
-
-    Sessions without a login Django would honour are left out.
-    """
-    users: dict[str, Any] = {}
-    by_pk: dict[Any, list[Item]] = {}
-    model = get_user_model()
-    for item in items:
-        path = item.data.get(BACKEND_SESSION_KEY)
-        if item.data.get(SESSION_KEY) is None or path not in settings.AUTHENTICATION_BACKENDS:
-            continue
-        backend = load_backend(str(path))
-        if type(backend).get_user is ModelBackend.get_user:
-            try:
-                by_pk.setdefault(model._meta.pk.to_python(item.data[SESSION_KEY]), []).append(item)
-            except Exception:  # an id that is no user's (ValidationError and the like)
-                continue
-        else:
-            user = resolve_user(item.data)
-            if user is not None:
-                users[item.key] = user
-    found = model._default_manager.in_bulk(list(by_pk))
-    for pk, user in found.items():
-        for item in by_pk[pk]:
-            backend = load_backend(str(item.data[BACKEND_SESSION_KEY]))
-            if backend.user_can_authenticate(user) and verified(user, item.data):  # type: ignore[attr-defined]
-                users[item.key] = user
-    return users
-
-
 def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
     hashes = {hash_key(item.key): item for item in items}
     known = AdoptedSession.objects.filter(key_hash__in=list(hashes))
@@ -225,33 +194,46 @@ def adopt_batch(items: list[Item], counts: Counts, *, dry_run: bool) -> None:
     counts.already += len(taken)
     fresh = [item for h, item in hashes.items() if h not in taken]
     users = users_of(fresh)
-    counts.logged_in += len(users)
-    counts.anonymous += len(fresh) - len(users)
+    claims = {i.key: str(i.data[SESSION_KEY]) for i in fresh if i.data.get(SESSION_KEY) is not None}
     if dry_run:
+        barred = bars.barred(claims.values()) if claims else {}
+        _classify(counts, fresh, users, {k for k, user in claims.items() if user in barred})
         return
     leftovers = [hashes[h].key for h in taken]
     try:
-        _commit(fresh, users)
+        refused = _commit(fresh, users, claims)
     except IntegrityError:
         if len(fresh) > 1:
             # A request adopted one of them meanwhile: one at a time, the others still go.
             for item in fresh:
                 one = Counts()
                 adopt_batch([item], one, dry_run=False)
-                counts.adopted += one.adopted
-                counts.already += one.already
+                for name in ("adopted", "already", "refused", "logged_in", "anonymous"):
+                    setattr(counts, name, getattr(counts, name) + getattr(one, name))
             _forget(leftovers)
             return
         counts.already += 1
         leftovers.extend(i.key for i in fresh)
         _forget(leftovers)
         return
-    counts.adopted += len(fresh)
+    _classify(counts, fresh, users, refused)
+    counts.adopted += len(fresh) - len(refused)
     _forget(leftovers + [item.key for item in fresh])
 
 
-def _commit(items: list[Item], users: dict[str, Any]) -> None:
-    """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it."""
+def _classify(counts: Counts, fresh: list[Item], users: dict[str, Any], refused: set[str]) -> None:
+    counts.refused += len(refused)
+    counts.logged_in += len(set(users) - refused)
+    counts.anonymous += len(fresh) - len(set(users) | refused)
+
+
+def _commit(items: list[Item], users: dict[str, Any], claims: dict[str, str]) -> set[str]:
+    """Records, rows and Redis copies of a batch: all of it, or (on any error) none of it.
+
+    ``claims``: the user each login names (``_auth_user_id``), by key.  Returns the
+    keys refused (their user is barred, :mod:`.bars`): those get their record only,
+    no row, no copy.
+    """
     cache = SessionCache()
     probe = SessionBase()
     for item in items:
@@ -263,14 +245,19 @@ def _commit(items: list[Item], users: dict[str, Any]) -> None:
     copies: list[tuple[str, Entry, int]] = []
     written: list[str] = []
     engine = previous.engine()
+    refused: set[str] = set()
     try:
         with transaction.atomic(using=db()):
             AdoptedSession.objects.bulk_create(
                 [AdoptedSession(key_hash=hash_key(i.key), engine=engine) for i in items]
             )
+            barred = _barred(claims)
             for item in items:
                 key_hash = hash_key(item.key)
                 user = users.get(item.key)
+                if claims.get(item.key) in barred:
+                    refused.add(item.key)  # (these stores do not tell when it was issued)
+                    continue
                 if user is None:
                     lifecycle.strip_login(item.data)
                 elif not ledger.tracks(user):
@@ -306,6 +293,17 @@ def _commit(items: list[Item], users: dict[str, Any]) -> None:
                     break
         raise
     tracking.settle(evicted)
+    return refused
+
+
+def _barred(claims: dict[str, str]) -> set[str]:
+    """The users named by this batch's logins whose adoption is barred, read after
+    locking their rows (a revocation running now either ends what this batch
+    adopts, or bars it first)."""
+    if not claims:
+        return set()
+    bars.lock_users(bars.pks_of(set(claims.values())))
+    return set(bars.barred(claims.values()))
 
 
 def _row(key_hash: str, user: Any, item: Item) -> UserSession:

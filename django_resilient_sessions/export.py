@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from django.contrib.sessions.backends.base import CreateError, SessionBase, Upda
 from . import engines
 from .conf import EXPORTED_KEY, conf
 
-__all__ = ["Report", "due", "enabled", "forget", "mirror", "prune", "report"]
+__all__ = ["Report", "due", "enabled", "forget", "mirror", "prune", "report", "scan"]
 
 logger = logging.getLogger("django_resilient_sessions")
 
@@ -110,25 +111,34 @@ def report(batch: int = 1000) -> Report:
     one pipeline of ``GET`` and ``PTTL`` per batch.  ``CacheUnavailable`` when
     Redis does not answer.
     """
-    from .cachecopy import TOMBSTONE, Entry, SessionCache
+    from .cachecopy import TOMBSTONE, Entry
+
+    found = Report()
+    now = time.time()
+    for cache, client, keys in scan(batch):
+        _tally(client, keys, found, now, cache.serializer, Entry, TOMBSTONE)
+    return found
+
+
+def scan(batch: int = 1000) -> Iterator[tuple[Any, Any, list[Any]]]:
+    """This engine's Redis keys, ``(session cache, client, keys)`` a batch at a time:
+    ``SCAN`` with a ``MATCH`` on the entries' prefix on every primary, never ``KEYS``."""
+    from .cachecopy import SessionCache
 
     cache = SessionCache()
     client = cache.redis.client()
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", cache.redis.key(conf.CACHE_KEY_PREFIX)) + "*"
     nodes = client.get_primaries() if cache.redis.cluster else [None]
-    found = Report()
-    now = time.time()
     for node in nodes:
         options = {"target_nodes": node} if node is not None else {}
         keys = []
         for key in client.scan_iter(match=pattern, count=batch, **options):
             keys.append(key)
             if len(keys) >= batch:
-                _tally(client, keys, found, now, cache.serializer, Entry, TOMBSTONE)
+                yield cache, client, keys
                 keys = []
         if keys:
-            _tally(client, keys, found, now, cache.serializer, Entry, TOMBSTONE)
-    return found
+            yield cache, client, keys
 
 
 def _tally(

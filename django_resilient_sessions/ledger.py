@@ -24,7 +24,7 @@ from django.db.models import BooleanField, ExpressionWrapper, F, Max, Min, Q, Qu
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from . import health, outbox
+from . import bars, health, outbox
 from .conf import conf
 from .dbaccess import batches, db, guarded, one_statement, when
 from .devices import describe
@@ -36,7 +36,9 @@ logger = logging.getLogger("django_resilient_sessions")
 __all__ = [
     "batches",
     "cleanup_window",
+    "end_all",
     "end_rows",
+    "end_users",
     "is_active",
     "live_hashes",
     "rekey",
@@ -110,13 +112,14 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
             "expires_at",
             "backup_version",
             "live",
+            "end_reason",
         )[:1]
     )
     if not found:
         return Row.MISSING, None
-    owner, backend, auth_hash, created, seen, expires, served, active = found[0]
+    owner, backend, auth_hash, created, seen, expires, served, active, reason = found[0]
     if not active:
-        return Row.ENDED, None
+        return _over(reason), None
     if not (backend and auth_hash):
         return Row.MISSING, None  # recorded before rows kept their login
     login = Login(
@@ -131,6 +134,13 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
     return Row.ACTIVE, login
 
 
+def _over(reason: str) -> Row:
+    """A row that is no longer active: ``ENDED``, or ``MISSING`` when it ended because
+    the session moved to another engine (``exportsessions --finish``): the key is no
+    longer this engine's, and may be adopted back from there (``PREVIOUS_ENGINE``)."""
+    return Row.MISSING if reason == str(EndReason.EXPORTED) else Row.ENDED
+
+
 @guarded
 def start(
     key_hash: str,
@@ -141,21 +151,24 @@ def start(
     agent: str,
     backend: str = "",
     auth_hash: str = "",
+    *,
+    signed_origin: bool = False,
 ) -> tuple[bool | None, list[str]]:
-    """Record a login on this session.
+    """Record a login on this session (``signed_origin``: adopted from a signed cookie).
 
     Returns ``(recorded, evicted)``: ``recorded`` is ``False`` when the session
     limit refuses the login, ``None`` when the key's row was ended (a revoked
     key never serves a login again, whoever logs in on it: the caller takes a
-    new key and records the login there); ``evicted`` lists the sessions the limit ended to
-    make room (queued for Redis like :func:`end_rows`: the caller deletes the
-    copies and unqueues them).  With
+    new key and records the login there; a row ended ``exported`` is not one);
+    ``evicted`` lists the sessions the limit ended to make room (queued for
+    Redis like :func:`end_rows`: the caller deletes the copies and unqueues
+    them).  With
     ``MAX_SESSIONS_PER_USER`` set, the user's row is locked (``SELECT ... FOR
     UPDATE``) while the active sessions are counted, so concurrent logins
     cannot pass the limit together.  A lock conflict (SQLite answers
     "database is locked" at once instead of waiting) is retried once.
     """
-    login = (backend, auth_hash)
+    login = (backend, auth_hash, signed_origin)
     try:
         try:
             return _start(key_hash, user_id, expires_at, version, ip, agent, login)
@@ -180,7 +193,7 @@ def _start(
     version: int,
     ip: str | None,
     agent: str,
-    login: tuple[str, str],
+    login: tuple[str, str, bool],
 ) -> tuple[bool, list[str]]:
     now = timezone.now()
     device = describe(agent)
@@ -200,6 +213,7 @@ def _start(
         "backup_version": version,
         "auth_backend": login[0][:255],
         "auth_hash": login[1][:128],
+        "signed_origin": login[2],
     }
     evicted: list[str] = []
     with transaction.atomic(using=db()):
@@ -211,7 +225,10 @@ def _start(
             outbox.add(evicted)  # the outbox: see end_rows
         # Write first (no SELECT): the statement takes the write lock at once.
         again = fields | {"backup_version": Greatest(F("backup_version"), version)}
-        rows = _rows().filter(key_hash=key_hash, ended_at__isnull=True)
+        # A row ended because its session moved to another engine is no dead key: the
+        # session came back from there (adopted again, see ``handback``).
+        live = Q(ended_at__isnull=True) | Q(end_reason=str(EndReason.EXPORTED))
+        rows = _rows().filter(live, key_hash=key_hash)
         if not rows.update(**again):
             try:
                 with transaction.atomic(using=db()):
@@ -239,6 +256,7 @@ def _make_room(user_pk: Any, key_hash: str, now: datetime) -> list[str] | None:
     if conf.SESSION_LIMIT_POLICY == "refuse":
         return None
     evicted = list(others.values_list("key_hash", flat=True)[:excess])
+    bars.after_end(evicted, now)
     _rows().filter(key_hash__in=evicted).update(ended_at=now, end_reason=str(EndReason.LIMIT))
     return evicted
 
@@ -280,12 +298,14 @@ def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
         _rows()
         .filter(key_hash=key_hash)
         .annotate(live=live)
-        .values_list("user_id", "backup_version", "live")[:1]
+        .values_list("user_id", "backup_version", "live", "end_reason")[:1]
     )
     if not found:
         return Row.MISSING, 0
-    owner, served, active = found[0]
-    if not active or str(owner) != str(user_id):
+    owner, served, active, reason = found[0]
+    if not active:
+        return _over(reason), served
+    if str(owner) != str(user_id):
         return Row.ENDED, served
     return (Row.AHEAD if version < served else Row.ACTIVE), served
 
@@ -312,21 +332,71 @@ def end_rows(key_hashes: Sequence[str], reason: str, *, queue: bool = True) -> i
     stays queued for the drain.  So an end is recorded with its purge, or not
     at all.
     """
-    ended = 0
     now = timezone.now()
     with transaction.atomic(using=db()):
-        for batch in batches(list(key_hashes)):
-            ended += (
-                _rows()
-                .filter(key_hash__in=batch, ended_at__isnull=True)
-                .update(ended_at=now, end_reason=reason)
-            )
-            if queue:
-                outbox.add(batch)
+        ended = _end(list(key_hashes), reason, now, queue=queue)
+    _count_ended(ended, reason)
+    return ended
+
+
+def _end(hashes: list[str], reason: str, now: datetime, *, queue: bool = True) -> int:
+    """The body of an end, inside the caller's transaction."""
+    ended = 0
+    for batch in batches(hashes):
+        bars.after_end(batch, now)
+        ended += (
+            _rows()
+            .filter(key_hash__in=batch, ended_at__isnull=True)
+            .update(ended_at=now, end_reason=reason)
+        )
+        if queue:
+            outbox.add(batch)
+    return ended
+
+
+def _count_ended(ended: int, reason: str) -> None:
     if ended:
         health.count(
             "sessions_ended", ended, label=reason if reason in EndReason.values else "other"
         )
+
+
+@guarded
+def end_users(
+    user_pks: Sequence[Any], reason: str, *, keep: Sequence[str] = (), active_only: bool = False
+) -> tuple[int, list[str]]:
+    """End every session of these users but those in ``keep`` (key hashes), in one
+    transaction; returns ``(how many ended, their hashes)``, queued as by :func:`end_rows`.
+
+    ``active_only``: leave alone the rows that expired without being marked ended
+    (``clearsessions`` marks them).  While ``PREVIOUS_ENGINE`` is set, the same
+    transaction bars these users' sessions still in the previous store
+    (:mod:`.bars`), after locking their rows, so that an adoption of one of them
+    cannot slip past the revocation.
+    """
+    now = timezone.now()
+    barring = bars.watching()
+    with transaction.atomic(using=db()):
+        if barring:
+            bars.lock_users(user_pks)
+        rows = _rows().filter(user_id__in=list(user_pks), ended_at__isnull=True)
+        if active_only:
+            rows = rows.filter(active_q(now))
+        hashes = list(rows.exclude(key_hash__in=list(keep)).values_list("key_hash", flat=True))
+        ended = _end(hashes, reason, now)
+        if barring:
+            bars.raise_for((str(pk) for pk in user_pks), now)
+    _count_ended(ended, reason)
+    return ended, hashes
+
+
+@guarded
+def end_all(first: int, size: int, reason: str) -> int:
+    """End every row not ended yet among primary keys ``[first, first+size)`` (no
+    Redis deletion queued: the caller deals with Redis as a whole)."""
+    window = _rows().filter(pk__gte=first, pk__lt=first + size, ended_at__isnull=True)
+    with one_statement():
+        ended: int = window.update(ended_at=timezone.now(), end_reason=reason)
     return ended
 
 
@@ -359,6 +429,7 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
         # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
         hashes = list(expired.values_list("key_hash", flat=True))
+        bars.after_end(hashes, now)
         window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
         outbox.add(hashes)  # the outbox: see end_rows
         deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]

@@ -19,7 +19,14 @@ from django.utils.translation import gettext_lazy as _
 
 from .conf import conf
 
-__all__ = ["DEVICE_TYPES", "AdoptedSession", "EndReason", "PendingPurge", "UserSession"]
+__all__ = [
+    "DEVICE_TYPES",
+    "AdoptedSession",
+    "AdoptionBar",
+    "EndReason",
+    "PendingPurge",
+    "UserSession",
+]
 
 #: The names of ``UserSession.device_type``'s values (see ``django_resilient_sessions.devices``).
 DEVICE_TYPES = {
@@ -40,6 +47,7 @@ class EndReason(models.TextChoices):
     PASSWORD_CHANGE = "password_change", _("password changed")
     ACCOUNT_DELETED = "account_deleted", _("account deleted")
     REPLACED = "replaced", _("another user logged in")
+    EXPORTED = "exported", _("moved to another session engine")
 
 
 def active_q(now: datetime | None = None) -> Q:
@@ -103,6 +111,9 @@ class UserSession(models.Model):
     # Neither lets anyone in without the session key, which is not stored.
     auth_backend = models.CharField(_("authentication backend"), max_length=255, blank=True)
     auth_hash = models.CharField(_("session auth hash"), max_length=128, blank=True)
+    # Adopted from a signed cookie of PREVIOUS_ENGINE: its end bars the adoption of
+    # the user's signed cookies signed before it (see ``bars``).
+    signed_origin = models.BooleanField(_("adopted from a signed cookie"), default=False)
 
     objects = UserSessionQuerySet.as_manager()
 
@@ -190,6 +201,31 @@ class AdoptedSession(models.Model):
 
     def __str__(self) -> str:
         return self.key_hash[:12]
+
+
+class AdoptionBar(models.Model):
+    """No session of ``PREVIOUS_ENGINE`` issued before ``since`` is adopted as this user.
+
+    Raised (to the latest time) in the same transaction as the end of a user's
+    sessions while ``PREVIOUS_ENGINE`` is set: by a revocation of all of a
+    user's sessions (which cannot reach those still in the previous store), and
+    by the end of a session adopted from a signed cookie (whose earlier values
+    are still valid signed cookies).  See ``django_resilient_sessions.bars``.
+
+    ``user_key`` is the user's primary key as a string, as a session holds it
+    (``_auth_user_id``): not a foreign key, so that deleting a user (which ends
+    their sessions, and raises their bar) leaves it in place.
+    """
+
+    user_key = models.CharField(_("user"), max_length=255, unique=True)
+    since = models.DateTimeField(_("since"))
+
+    class Meta:
+        verbose_name = _("adoption bar")
+        verbose_name_plural = _("adoption bars")
+
+    def __str__(self) -> str:
+        return f"{self.user_key} {self.since:%Y-%m-%d %H:%M}"
 
 
 class BackupLoadsMinute(models.Model):

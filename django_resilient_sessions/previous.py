@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.sessions.backends.base import SessionBase
+from django.core import signing
 from django.utils import timezone
 
 from . import engines
 from .conf import conf
 
-__all__ = ["Found", "PreviousUnavailable", "engine", "forget", "lookup", "store"]
+__all__ = ["Found", "PreviousUnavailable", "engine", "forget", "lookup", "signed_at", "store"]
+
+#: The salt of Django's ``signed_cookies`` engine.
+SIGNED_SALT = "django.contrib.sessions.backends.signed_cookies"
 
 logger = logging.getLogger("django_resilient_sessions")
 
@@ -39,6 +43,9 @@ class Found:
     data: dict[str, Any]
     #: When it expires there (unix time), if that store can tell.
     expires_at: float | None = None
+    #: When it was issued (unix time): a signed cookie's signing time.  ``None``
+    #: for the other stores, which do not tell (see :mod:`.bars`).
+    issued_at: float | None = None
 
 
 def engine() -> str:
@@ -80,7 +87,25 @@ def lookup(session_key: str, *, cache_reachable: bool = True) -> Found | None:
     if not isinstance(data, dict):
         logger.warning("The previous session engine's load() gave a %s: ignored.", type(data))
         return None
-    return Found(dict(data)) if data else None
+    if not data:
+        return None
+    return Found(dict(data), issued_at=signed_at(session_key) if kind == engines.SIGNED else None)
+
+
+def signed_at(value: str) -> float | None:
+    """When a cookie of Django's ``signed_cookies`` engine was signed (unix time).
+
+    Its value is ``TimestampSigner`` output, ``payload:timestamp:signature``: the
+    signature (``SECRET_KEY`` or a fallback) is checked by Django's ``Signer``
+    with the engine's salt, then the base-62 timestamp is decoded.  ``None``
+    when it cannot be read (an engine of its own with another salt): such a
+    cookie counts as issued before any bar.
+    """
+    try:
+        signed = signing.Signer(salt=SIGNED_SALT).unsign(value)
+        return float(signing.b62_decode(signed.rsplit(":", 1)[1]))
+    except (signing.BadSignature, ValueError, IndexError):
+        return None
 
 
 def _from_table(old: Any, session_key: str) -> Found | None:

@@ -123,10 +123,20 @@ def _delete(key_hashes: Sequence[str], ttl: int) -> tuple[list[str], list[str]]:
     return done, [h for h in key_hashes if h not in finished]
 
 
-def end_user_sessions(user: Any, reason: str, *, keep: str | None = None) -> int:
-    """End every session of ``user`` except the one whose key hash is ``keep``."""
-    rows = UserSession.objects.filter(user=user)
-    return revoke(rows.exclude(key_hash=keep) if keep else rows, reason)
+def end_user_sessions(
+    user: Any, reason: str, *, keep: str | None = None, active_only: bool = False
+) -> int:
+    """End every session of ``user`` except the one whose key hash is ``keep``.
+
+    While ``PREVIOUS_ENGINE`` is set, this also bars the adoption of the user's
+    sessions still in the previous store (``bars``), in the same transaction.
+    ``active_only``: leave alone the rows that expired without being marked ended.
+    """
+    ended, hashes = ledger.end_users(
+        [user.pk], reason, keep=[keep] if keep else [], active_only=active_only
+    )
+    settle(hashes)
+    return ended
 
 
 def on_user_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -156,18 +166,22 @@ class Cleanup:
     purged: int = 0
     expired: int = 0
     deleted: int = 0
+    #: Adoption bars lifted (see ``bars.clear()``).
+    bars: int = 0
 
 
 def clear_expired(progress: Callable[[Cleanup], None] | None = None) -> Cleanup:
-    """Delete rows past retention, end expired ones (Redis copies too), finish queued purges.
+    """Delete rows past retention, end expired ones (Redis copies too), finish queued
+    purges, lift the adoption bars that can no longer refuse anything.
 
     Walks the table in windows of ``CLEANUP_BATCH_SIZE`` primary keys, so no
     statement touches more rows than that and memory stays flat whatever the
     table's size.  ``progress(Cleanup)`` is called after each window.
     """
-    from . import purges
+    from . import bars, purges
 
     result = Cleanup(purged=purges.drain(SessionCache(), max_batches=None).done)
+    result.bars = bars.clear()
     now = timezone.now()
     size = conf.CLEANUP_BATCH_SIZE
     low, high = ledger.pk_bounds()

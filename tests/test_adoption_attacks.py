@@ -3,8 +3,7 @@ failing stores under the commands, the cost of an unknown key, and the ways a se
 ended could come back.
 
 Real parts throughout: the private redis-server (killed or flushed), the real database
-(tables made to vanish), Django's test Client with the full middleware stack.  The tests
-marked ``xfail(strict=True)`` are open weaknesses; their reasons say what is missing.
+(tables made to vanish), Django's test Client with the full middleware stack.
 """
 
 from __future__ import annotations
@@ -400,14 +399,6 @@ def test_an_adopted_session_the_old_store_kept_stays_ended(redis_server: RedisSe
         assert state(replay({SESSION_COOKIE: key})) == {"user": None, "degraded": False, "data": {}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A signed-cookie session has as many valid cookie values as it had saves, each "
-    "valid for SESSION_COOKIE_AGE; the AdoptedSession record refuses only the value that "
-    "was adopted, so an earlier value of the same login is adopted as a session of its own "
-    "after the adopted one logged out.  Needs a design decision (e.g. refuse a signed "
-    "login signed before that user's last adopted-session logout).",
-)
 def test_an_earlier_value_of_an_adopted_signed_cookie_cannot_log_in_after_logout() -> None:
     client = Client()
     with previous_site(SIGNED):
@@ -425,13 +416,6 @@ def test_an_earlier_value_of_an_adopted_signed_cookie_cannot_log_in_after_logout
         assert state(replay({SESSION_COOKIE: earlier}))["user"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Going back (EXPORT_TO, then the stock engine) and later switching to this engine "
-    "again: the ledger rows and Redis copies of the first stay live, so a session logged "
-    "out on the stock engine meanwhile is served again, logged in.  Needs a documented "
-    "(or automated) step that forgets this engine's sessions before switching to it again.",
-)
 def test_a_logout_on_the_stock_engine_is_not_undone_by_switching_back_again() -> None:
     with resilient_site(None, EXPORT_TO=DB):
         alice = Client()
@@ -450,14 +434,6 @@ def test_a_logout_on_the_stock_engine_is_not_undone_by_switching_back_again() ->
         assert state(replay(stolen))["user"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Revoking a user's sessions (revokesessions, 'sign out all other sessions') ends "
-    "the rows this engine has; the sessions of that user still in the previous store, not "
-    "adopted yet, are not reached, and are adopted logged in afterwards.  Workarounds: run "
-    "adoptsessions right after the switch, or change the password (then the login is not "
-    "adopted).  A fix needs a per-user cut-off the adoption checks.",
-)
 def test_revoking_a_users_sessions_reaches_those_not_adopted_yet() -> None:
     make_user("alice")
     laptop, stolen = Client(), Client()

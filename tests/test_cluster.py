@@ -728,3 +728,28 @@ def test_the_adapter_splits_multi_key_calls_by_slot_and_clears_every_primary(
     for person in people:  # their Redis copies went with it: back from their backups
         person.check()
         assert raw_get(cluster, person.redis_key) not in (None, TOMBSTONE)
+
+
+def test_exportsessions_finish_deletes_every_copy_on_every_shard(cluster: LocalCluster) -> None:
+    """The last step of leaving, on a cluster: a SCAN per master deletes every copy (logins
+    and anonymous sessions, on every shard); a tombstone stays."""
+    people = browsers(12)
+    visitor = Client()
+    set_values(visitor, cart="3")
+    gone = people.pop()
+    ended = gone.redis_key
+    ok(gone.client.post("/logout/"))
+    copies = [p.redis_key for p in people] + [
+        SessionCache().entry_key(key_hash(session_key(visitor)))
+    ]
+    by_node(cluster, people)  # (every shard holds some)
+    db = "django.contrib.sessions.backends.db"
+    out = StringIO()
+    with override_settings(SESSION_ENGINE=db):
+        call_command("exportsessions", "--to", db, "--finish", stdout=out)
+    assert out.getvalue().startswith(
+        f"Ledger rows ended: {len(people)}; Redis copies deleted: {len(copies)}; "
+    )
+    assert all(raw_get(cluster, key) is None for key in copies)
+    assert raw_get(cluster, ended) == TOMBSTONE
+    assert not UserSession.objects.active().exists()

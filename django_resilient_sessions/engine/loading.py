@@ -14,6 +14,7 @@ from .. import (
     codec,
     cookies,
     export,
+    handback,
     health,
     ledger,
     lifecycle,
@@ -64,6 +65,12 @@ class Loading(StoreState):
             self.degraded = True
             read = CacheRead(Cache.UNREACHABLE)
         backup, state = self._backup_against(read)
+        came_back = handback.plan(read, backup)
+        if came_back is handback.Plan.HAND_BACK:
+            adopted = handback.hand_back(self, read)
+            return self._forget_key() if adopted is None else adopted
+        if came_back is handback.Plan.STALE_BACKUP:
+            backup, state = None, trust.Backup.INVALID  # from before the site left
         login = backup is not None and SESSION_KEY in backup.data
         adoptable = adoption.enabled() and not self._adoption_done
         decision = trust.decide(

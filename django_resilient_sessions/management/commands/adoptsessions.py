@@ -23,7 +23,8 @@ class Command(BaseCommand):
         "cached_db or cache engine) in batches: logged-in users stay logged in, with their "
         "data. Resumable: adopted sessions leave the previous store, and a second run "
         "skips whatever was adopted. Signed-cookie sessions cannot be listed: lazy "
-        "adoption takes them over at their first request."
+        "adoption takes them over at their first request. A login of a user whose "
+        "sessions were ended since the switch (revoked) is refused with its session."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -68,9 +69,10 @@ class Command(BaseCommand):
 def _summary(c: bulkadoption.Counts, dry_run: bool) -> str:
     verb = "to adopt" if dry_run else "adopted"
     done = c.logged_in + c.anonymous if dry_run else c.adopted
+    refused = f"; {c.refused} refused (revoked since the switch)" if c.refused else ""
     return (
         f"Sessions {verb}: {done} ({c.logged_in} logged in, {c.anonymous} anonymous); "
-        f"{c.live} live, {c.expired} expired or empty, {c.already} already adopted."
+        f"{c.live} live, {c.expired} expired or empty, {c.already} already adopted{refused}."
     )
 
 

@@ -30,5 +30,6 @@ class Command(clearsessions.Command):
             self.stdout.write(
                 f"Sessions: {done.expired} marked expired, {done.deleted} old rows deleted, "
                 f"{done.purged} cache purges finished."
+                + (f" Adoption bars lifted: {done.bars}." if done.bars else "")
             )
         return None

@@ -1,14 +1,19 @@
-"""``manage.py exportsessions --to ENGINE``: is every live session mirrored into ENGINE yet?"""
+"""``manage.py exportsessions --to ENGINE``: is every live session mirrored into ENGINE yet?
+
+``--finish``, once the site runs on ENGINE: forget every session this engine holds
+(see :func:`...handback.finish`).
+"""
 
 from __future__ import annotations
 
 import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import engines, export
+from ... import engines, export, handback
 from ...bulkadoption import STORE_ERRORS, NotSupported
 from ...conf import conf
 
@@ -22,7 +27,10 @@ class Command(BaseCommand):
         "that ended without their key at hand (revoked, timed out), then counts, from a "
         "SCAN of this engine's Redis entries, the live sessions mirrored and not yet. Exit "
         "status 0: all are, switch SESSION_ENGINE to ENGINE now; 1: not yet (the last one "
-        "not mirrored expires at the time shown); 2: EXPORT_TO is not ENGINE."
+        "not mirrored expires at the time shown); 2: EXPORT_TO is not ENGINE. Once "
+        "SESSION_ENGINE is ENGINE, --finish ends every session this engine still holds "
+        "(ledger rows and Redis copies), so that none of them can be served again if the "
+        "site switches back to it later."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,9 +45,17 @@ class Command(BaseCommand):
             action="store_true",
             help="only count; leave ended logins in ENGINE's store",
         )
+        parser.add_argument(
+            "--finish",
+            action="store_true",
+            help="the last step, once SESSION_ENGINE is ENGINE: end every ledger row, delete "
+            "every Redis copy, forget the adoption records",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         engine = options["to"]
+        if options["finish"]:
+            return self._finish(engine, options["verbosity"])
         if engine != conf.EXPORT_TO:
             raise CommandError(
                 f"RESILIENT_SESSIONS['EXPORT_TO'] is {conf.EXPORT_TO!r}, not {engine!r}: "
@@ -81,3 +97,31 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(lines))
         if found.missing:
             raise SystemExit(1)
+
+    def _finish(self, engine: str, verbosity: int) -> None:
+        unusable = engines.problem(engine, export=True)
+        if unusable is not None:
+            raise CommandError(f"--to {engine}: {unusable}")
+        if engine != settings.SESSION_ENGINE:
+            raise CommandError(
+                f"SESSION_ENGINE is {settings.SESSION_ENGINE!r}, not {engine!r}: --finish ends "
+                "every session this engine holds. Run it once the site runs on "
+                f"{engine}, after the switch.",
+                returncode=2,
+            )
+        try:
+            done = handback.finish()
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from error
+        except STORE_ERRORS as error:
+            raise CommandError(
+                f"Stopped: {error!r}. Run the command again once Redis and the database answer."
+            ) from error
+        if verbosity >= 1:
+            self.stdout.write(
+                f"Ledger rows ended: {done.ended}; Redis copies deleted: {done.removed}; "
+                f"adoption records forgotten: {done.forgotten}.\n"
+                f"Nothing this engine held can serve a session now. To switch back to it "
+                f"later, set RESILIENT_SESSIONS['PREVIOUS_ENGINE'] = {engine!r}: the sessions "
+                f"live in {engine} are adopted."
+            )

@@ -11,11 +11,16 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ... import tracking
 from ...models import EndReason, UserSession
 
 
 class Command(BaseCommand):
-    help = "End the sessions of the given users, in the database and in Redis."
+    help = (
+        "End the sessions of the given users, in the database and in Redis. While "
+        "RESILIENT_SESSIONS['PREVIOUS_ENGINE'] is set, their sessions still in the previous "
+        "engine's store, not adopted yet, are refused their login too."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("usernames", nargs="+", metavar="USERNAME")
@@ -45,13 +50,14 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown user(s): {', '.join(unknown)}. Nothing was revoked.")
         total = 0
         for name in names:
-            rows = UserSession.objects.active().filter(user=users[name]).order_by("-last_activity")
+            keep = None
             if options["except_newest"]:
-                newest = rows.values_list("pk", flat=True).first()
-                rows = rows.exclude(pk=newest)
-            count = UserSession.objects.filter(
-                pk__in=list(rows.values_list("pk", flat=True))
-            ).revoke(options["reason"])
+                rows = UserSession.objects.active().filter(user=users[name])
+                keep = rows.order_by("-last_activity").values_list("key_hash", flat=True).first()
+            # (With PREVIOUS_ENGINE set, this bars the user's sessions not adopted yet too.)
+            count = tracking.end_user_sessions(
+                users[name], options["reason"], keep=keep, active_only=True
+            )
             total += count
             if options["verbosity"] >= 1:
                 self.stdout.write(f"{name}: {count} session(s) revoked")
