@@ -247,6 +247,42 @@ def test_a_replica_promoted_without_the_last_writes(cluster: LocalCluster) -> No
         assert replayed_user(cookies) is None
 
 
+def test_a_logout_while_the_whole_cluster_hangs_stays_a_logout(cluster: LocalCluster) -> None:
+    """Every node hung (no failover: all of them stopped), a logout meanwhile, then every
+    node resumes with its data, the ended session's copy included: the process, whose
+    every node breaker opened, serves nobody from that copy, and Redis again once the
+    queued deletion is done."""
+    people = browsers(9)
+    for i, person in enumerate(people):
+        person.write(i)
+    victim, others = people[0], people[1:]
+    victim_key = victim.redis_key
+    cookies = stolen(victim.client)
+    for node in cluster.nodes:
+        cluster.pause(node)
+    try:
+        for person in others:
+            assert person.check()["degraded"] is True
+        ok(victim.client.post("/logout/"))  # recorded, its Redis deletion queued
+        assert PendingPurge.objects.count() == 1
+        assert replayed_user(cookies) is None
+    finally:
+        for node in cluster.nodes:
+            cluster.resume(node)
+    cluster.wait_ok()
+    assert raw_get(cluster, victim_key) not in (None, TOMBSTONE)  # the copy survived
+    for _ in range(4):
+        cool_down()
+        assert replayed_user(cookies) is None
+        for person in others:
+            person.check()
+    assert PendingPurge.objects.count() == 0
+    assert raw_get(cluster, victim_key) == TOMBSTONE
+    for person in others:
+        assert person.check()["degraded"] is False
+    assert open_breakers() == []
+
+
 # -- slots migrating ---------------------------------------------------------------------------
 
 
