@@ -30,6 +30,7 @@ from tests.redis_cluster import LocalCluster, LocalNode
 from tests.test_cluster import (
     CLUSTER_CACHE,
     COOLDOWN,
+    Browser,
     browsers,
     by_node,
     cool_down,
@@ -206,45 +207,70 @@ def test_a_logout_during_a_failover_is_not_served_by_a_worker_started_after_it(
         assert replayed_user(cookies) is None
 
 
+def lagging_failover(cluster: LocalCluster) -> tuple[list[Browser], Browser, dict[str, str]]:
+    """A master's replica misses its last writes (its link cut), then takes over.
+
+    Returns the shard's users, one whose last write (``n = 2``) only the old master had,
+    and the cookies of one who logged out then (the tombstone only the old master had).
+    """
+    people = browsers()
+    groups = by_node(cluster, people)
+    port = min(groups)
+    master = cluster.node_at(port)
+    writer, leaving = groups[port][0], groups[port][1]
+    leaving_key = leaving.redis_key
+    writer.write(1)
+    master.admin().execute_command("WAIT", 1, 5000)  # the replica has everything so far
+    [replica] = cluster.replicas_of(master)
+    cookies = stolen(leaving.client)
+    cluster.pause(replica)
+    master.admin().execute_command("CLIENT", "KILL", "TYPE", "replica")
+    writer.write(2)  # acknowledged by the master alone
+    ok(leaving.client.post("/logout/"))  # its tombstone too
+    assert PendingPurge.objects.count() == 0
+    cluster.kill(master)
+    cluster.resume(replica)
+    promoted = cluster.wait_failover(master)
+    assert promoted is replica
+    with promoted.client(decode_responses=False) as raw:
+        assert raw.get(leaving_key) not in (None, TOMBSTONE)  # the tombstone is lost
+    shard = [person for person in groups[port] if person is not leaving]
+    for _ in range(3):  # the process finds the promoted replica and trusts it
+        cool_down()
+        for person in shard:
+            person.check()
+    assert open_breakers() == []
+    return shard, writer, cookies
+
+
 def test_a_replica_promoted_without_the_last_writes(cluster: LocalCluster) -> None:
-    """The replica misses the last writes of its master (its link was cut), then takes
-    over: a newer backup wins over its older copy, and a session whose tombstone it
-    lost stays ended once its row is checked (within ACTIVITY_UPDATE_INTERVAL: the
-    documented remaining risk, here 1 s)."""
+    """A newer backup wins over the lagging replica's older copy, and a session whose
+    tombstone it lost stays ended once its row is checked (within
+    ACTIVITY_UPDATE_INTERVAL: the documented remaining risk, here 1 s)."""
     with override_settings(
         RESILIENT_SESSIONS={"BREAKER_COOLDOWN": COOLDOWN, "ACTIVITY_UPDATE_INTERVAL": 1}
     ):
-        people = browsers()
-        groups = by_node(cluster, people)
-        port = min(groups)
-        master = cluster.node_at(port)
-        writer, leaving = groups[port][0], groups[port][1]
-        leaving_key = leaving.redis_key
-        writer.write(1)
-        [replica] = cluster.replicas_of(master)
-        cookies = stolen(leaving.client)
-        cluster.pause(replica)
-        master.admin().execute_command("CLIENT", "KILL", "TYPE", "replica")
-        writer.write(2)  # acknowledged by the master alone
-        ok(leaving.client.post("/logout/"))  # its tombstone too
-        assert PendingPurge.objects.count() == 0
-        cluster.kill(master)
-        cluster.resume(replica)
-        promoted = cluster.wait_failover(master)
-        assert promoted is replica
-        with promoted.client(decode_responses=False) as raw:
-            assert raw.get(leaving_key) not in (None, TOMBSTONE)  # the tombstone is lost
-        for _ in range(3):
-            cool_down()
-            for person in groups[port]:
-                if person is not leaving:
-                    person.check()
+        _, writer, cookies = lagging_failover(cluster)
         assert writer.check()["data"] == {"n": "2"}  # the newer backup won
         assert writer.check()["degraded"] is False
-        cool_down()  # (ACTIVITY_UPDATE_INTERVAL of 1 s: not an assertion)
-        time.sleep(1)
+        time.sleep(1)  # (the activity interval passes: not an assertion)
         replayed_user(cookies)  # may be served once: the row is checked when it saves
         assert replayed_user(cookies) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Documented remaining risk (docs/security.md): a tombstone the promoted replica "
+    "never received is not known to be missing; the session is served from the replica's "
+    "copy until its next activity update (ACTIVITY_UPDATE_INTERVAL, 300 s by default). "
+    "Closing it needs the tombstone replicated before the deletion leaves the queue "
+    "(WAIT), or the sessions ended shortly before a failover tombstoned again.",
+)
+def test_a_logout_whose_tombstone_the_promoted_replica_lost_stays_a_logout(
+    cluster: LocalCluster,
+) -> None:
+    _, _, cookies = lagging_failover(cluster)
+    assert replayed_user(cookies) is None
 
 
 def test_a_logout_while_the_whole_cluster_hangs_stays_a_logout(cluster: LocalCluster) -> None:
