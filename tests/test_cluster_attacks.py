@@ -432,7 +432,7 @@ def test_clusterdown_everywhere_answers_no_500_and_recovers(cluster: LocalCluste
 def test_breakers_do_not_pile_up_over_failovers(cluster: LocalCluster) -> None:
     """Masters killed and replaced, again and again: a breaker per live primary (and the
     alias's), not one per node that ever served."""
-    people = browsers(9)
+    people = browsers()
     for _ in range(2):
         groups = by_node(cluster, people)
         port = min(groups)
