@@ -273,12 +273,11 @@ class SessionCache:
             if known_slot_map(self.alias) is slots:
                 return
             owners = slot_owners(self.alias)
+            now = {slot: nodes[0].name for slot, nodes in list(slots.items()) if nodes}
             moves: set[tuple[str, str]] = set()
-            for slot, nodes in list(slots.items()):
-                if nodes and owners.get(slot) != nodes[0].name:
-                    if slot in owners:
-                        moves.add((owners[slot], nodes[0].name))
-                    owners[slot] = nodes[0].name
+            if now != owners:  # (compared in C: a refresh that moved nothing costs little)
+                moves = {(owners[s], n) for s, n in now.items() if owners.get(s, n) != n}
+                owners.update(now)
             self._taken_over(client, moves)
             known_slot_map(self.alias, slots)
 
