@@ -21,7 +21,13 @@ import pytest
 from django.test import Client, override_settings
 
 from django_resilient_sessions import outbox, purges, signals, tracking
-from django_resilient_sessions.breaker import all_breakers, reset_breakers, slot_owners
+from django_resilient_sessions.breaker import (
+    CLOSED,
+    all_breakers,
+    get_breaker,
+    reset_breakers,
+    slot_owners,
+)
 from django_resilient_sessions.cache import forget_clients
 from django_resilient_sessions.cachecopy import TOMBSTONE, Entry, SessionCache
 from django_resilient_sessions.models import PendingPurge
@@ -427,6 +433,36 @@ def test_clusterdown_everywhere_answers_no_500_and_recovers(cluster: LocalCluste
             person.check()
     for person in people:
         assert person.check()["degraded"] is False
+
+
+def test_a_probe_that_may_not_ask_cluster_info_still_closes_the_breaker(
+    cluster: LocalCluster,
+) -> None:
+    """A user whose ACL refuses ``CLUSTER INFO`` (a managed service may): the probe falls
+    back to its ``PING``, so the node's breaker still closes once it answers."""
+    for node in cluster.nodes:
+        node.admin().execute_command(
+            "ACL", "SETUSER", "sessions", "on", ">secret", "~*", "&*", "+@all", "-cluster|info"
+        )
+    try:
+        urls = [f"redis://sessions:secret@{node.host}:{node.port}" for node in cluster.nodes]
+        caches = other_worker(cluster)
+        caches["default"]["LOCATION"] = urls
+        with override_settings(CACHES=caches):
+            reset_breakers()
+            people = browsers(6)
+            person = people[0]
+            breaker = get_breaker("default", person.node(cluster).name)
+            breaker.failed(ConnectionError("a hiccup"))
+            assert person.check()["degraded"] is True
+            cool_down()
+            assert person.check()["degraded"] is False
+            assert breaker.state == CLOSED
+            pings = SessionCache().ping()
+            assert all(error is None for _, error in pings.values()), pings
+    finally:
+        for node in cluster.nodes:
+            node.admin().execute_command("ACL", "DELUSER", "sessions")
 
 
 def test_breakers_do_not_pile_up_over_failovers(cluster: LocalCluster) -> None:
