@@ -1,10 +1,14 @@
 """Attacks on the engine over a real Redis Cluster (3 masters, 1 replica each).
 
 Each test is a fault a cluster adds and what must hold through it: a session ended
-while its master was down is not served from the replica that took its slots over,
-in a process that saw the outage whatever slots it had served before; slots that
-migrate while a session is written or ended; breakers that follow failovers and do
-not pile up; a cluster that refuses everything (``CLUSTERDOWN``) answers no 500.
+while its master was down is not served from the replica that took its slots over, by
+any process (one that saw the outage but had not served that slot, one that met the
+failover only through a ``MOVED``, one started after it); a replica promoted without
+the last writes (a newer backup wins; a lost tombstone is the documented remaining
+risk, a strict xfail); every node hung; slots that migrate while a session is written
+or ended; a cluster that answers ``CLUSTERDOWN`` everywhere (no 500, no breaker
+flapping); a user that may not ask ``CLUSTER INFO``; breakers that follow failovers
+and do not pile up.
 
 The cluster is started once for the module (6 redis-server processes); each test
 starts from a healthy, empty cluster. Deselect with ``-m "not cluster"``.
