@@ -28,6 +28,7 @@ __all__ = [
     "find_breaker",
     "forget_nodes",
     "get_breaker",
+    "known_slot_map",
     "reset_breakers",
     "set_listener",
     "slot_owners",
@@ -171,9 +172,21 @@ _registry_lock = threading.Lock()
 _owners: dict[str, dict[int, str]] = {}
 
 
+#: Per alias, redis-py's slot map (the object) last read whole into ``_owners``:
+#: redis-py makes a new one at each refresh.
+_maps: dict[str, object] = {}
+
+
 def slot_owners(alias: str) -> dict[int, str]:
     """Slot -> ``host:port`` of the node last seen serving it, for ``alias`` (mutable)."""
     return _owners.setdefault(alias, {})
+
+
+def known_slot_map(alias: str, slot_map: object | None = None) -> object | None:
+    """The slot map last read whole for ``alias``; ``slot_map``: the one read now."""
+    if slot_map is not None:
+        _maps[alias] = slot_map
+    return _maps.get(alias)
 
 
 def get_breaker(alias: str, node: str | None = None) -> CircuitBreaker:
@@ -216,3 +229,4 @@ def reset_breakers() -> None:
             _tell(breaker, False)
         _breakers.clear()
         _owners.clear()
+        _maps.clear()

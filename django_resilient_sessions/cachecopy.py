@@ -36,7 +36,7 @@ from django.utils.module_loading import import_string
 from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 from . import conf as conf_module
@@ -48,6 +48,7 @@ from .breaker import (
     find_breaker,
     forget_nodes,
     get_breaker,
+    known_slot_map,
     slot_owners,
 )
 from .conf import conf
@@ -149,6 +150,8 @@ class CacheRead:
 
 _gate: Callable[[SessionCache, CircuitBreaker], bool] | None = None
 _made = threading.local()
+#: Held while a refreshed slot map is read (see SessionCache._follow).
+_following = threading.Lock()
 
 
 def set_gate(gate: Callable[[SessionCache, CircuitBreaker], bool] | None) -> None:
@@ -240,6 +243,7 @@ class SessionCache:
         client = self._cluster()
         try:
             slot = client.keyslot(key)
+            self._follow(client)
             node = client.nodes_manager.get_node_from_slot(slot)
         except CACHE_ERRORS as error:
             # The slot map lacks it (no node answers for the slot): the cluster as a whole.
@@ -249,40 +253,61 @@ class SessionCache:
         owners = slot_owners(self.alias)
         previous = owners.get(slot)
         if previous != node.name:
-            if previous is not None:
-                self._taken_over(previous, breaker)
-                self._forget_gone(client)
+            # (redis-py moves a single slot in place when it follows a MOVED.)
             owners[slot] = node.name
+            if previous is not None:
+                self._taken_over(client, {(previous, node.name)})
         return breaker
 
-    def _forget_gone(self, client: Any) -> None:
-        """Drop the breakers of nodes that serve no slot any more (a failover).
+    def _follow(self, client: Any) -> None:
+        """Read the whole slot map again if redis-py refreshed it (a new map object).
 
-        Whoever refreshed the slot map (our probe, or redis-py after an error
-        on any node), a dead master's breaker must not stay open for ever.
+        Every slot whose primary changed since the last read is checked, not only
+        the slots this process happened to serve: after a failover, a session of
+        any of the dead node's slots may have been ended meanwhile.
         """
-        forget_nodes(self.alias, {primary.name for primary in client.get_primaries()})
+        slots = client.nodes_manager.slots_cache
+        if known_slot_map(self.alias) is slots:
+            return
+        with _following:
+            if known_slot_map(self.alias) is slots:
+                return
+            owners = slot_owners(self.alias)
+            now = {slot: nodes[0].name for slot, nodes in list(slots.items()) if nodes}
+            moves: set[tuple[str, str]] = set()
+            if now != owners:  # (compared in C: a refresh that moved nothing costs little)
+                moves = {(owners[s], n) for s, n in now.items() if owners.get(s, n) != n}
+                owners.update(now)
+            self._taken_over(client, moves)
+            known_slot_map(self.alias, slots)
 
-    def _taken_over(self, previous: str, breaker: CircuitBreaker) -> None:
-        """A slot moved from node ``previous`` to ``breaker``'s node.
+    def _taken_over(self, client: Any, moves: set[tuple[str, str]]) -> None:
+        """Slots moved (``(previous node, new node)`` pairs): check the new owners.
 
         After a failover the new owner (a promoted replica) holds copies of
-        sessions whose deletions were queued while ``previous`` was down: it is
-        trusted only once its slots' queue is known to be empty, as the
-        previous node would have been.  A slot moved off a healthy node (a
-        resharding) needs nothing.
+        sessions whose deletions were queued while the previous node was down:
+        it is trusted only once its slots' queue is known to be empty, as the
+        previous node would have been.  A slot moved off a node that is still a
+        primary and not known to fail (a resharding) needs nothing.  Then
+        the breakers of nodes that serve no slot any more are dropped: whoever
+        refreshed the slot map (our probe, or redis-py after an error on any
+        node), a dead master's breaker must not stay open for ever.
         """
-        old = find_breaker(self.alias, previous)
-        if old is not None and old.state == CLOSED:
-            return
-        if breaker.state == CLOSED and _gate is not None and not _gate(self, breaker):
-            logger.warning(
-                "Session cache node %s took over slots of %s: using backups for them "
-                "until the deletions queued meanwhile are done.",
-                breaker.node,
-                previous,
-            )
-            breaker.hold()
+        primaries = {primary.name for primary in client.get_primaries()}
+        for previous, name in sorted(moves):
+            old = find_breaker(self.alias, previous)
+            if previous in primaries and (old is None or old.state == CLOSED):
+                continue
+            breaker = get_breaker(self.alias, name)
+            if breaker.state == CLOSED and _gate is not None and not _gate(self, breaker):
+                logger.warning(
+                    "Session cache node %s took over slots of %s: using backups for them "
+                    "until the deletions queued meanwhile are done.",
+                    breaker.node,
+                    previous,
+                )
+                breaker.hold()
+        forget_nodes(self.alias, primaries)
 
     def _cluster(self) -> Any:
         """The cluster client.  Making it asks a node for the slot map: that goes
@@ -339,8 +364,12 @@ class SessionCache:
 
     # Calls through the breakers --------------------------------------------
 
-    def _call(self, key: str | None, operation: Callable[[Any], T]) -> T:
-        """Run ``operation`` on the client, through the breaker of ``key``."""
+    def _call(self, key: str | None, operation: Callable[[Any], T], *, recheck: bool = True) -> T:
+        """Run ``operation`` on the client, through the breaker of ``key``.
+
+        ``recheck``: refuse the answer if the key's slot moved meanwhile to a node
+        not trusted yet (see :meth:`_moved_meanwhile`).
+        """
         breaker = self.breaker if key is None else self.breaker_for(key)
         allowed = breaker.allow()
         if allowed is None:
@@ -355,10 +384,29 @@ class SessionCache:
             health.count("cache_skipped")
             raise CacheUnavailable(self.alias)
         try:
-            return operation(self.redis.client())
+            result = operation(self.redis.client())
         except CACHE_ERRORS as error:
             self._failed(breaker, error)
             raise CacheUnavailable(self.alias, attempted=True) from error
+        if recheck and key is not None and self._moved_meanwhile(key, breaker):
+            health.count("cache_skipped")
+            raise CacheUnavailable(self.alias, attempted=True)
+        return result
+
+    def _moved_meanwhile(self, key: str, breaker: CircuitBreaker) -> bool:
+        """Did ``key``'s slot move during the call to a node that may not be trusted yet?
+
+        redis-py follows a ``MOVED`` by itself: a process that had not noticed a
+        failover (its breaker for the dead master closed, its slot map old) reads
+        from the promoted replica, which may hold sessions ended meanwhile.
+        """
+        if breaker.node is None:
+            return False
+        try:
+            now = self.breaker_for(key)
+        except CacheUnavailable:
+            return False  # the call itself was answered
+        return now is not breaker and now.state != CLOSED
 
     def _failed(self, breaker: CircuitBreaker, error: BaseException) -> None:
         from .status import misconfigured  # the health rules' judgement (a lazy import: layering)
@@ -380,7 +428,7 @@ class SessionCache:
         try:
             if breaker.node is not None:
                 self._refresh_slots(breaker.node)
-            _run_quick(self._node_client(breaker), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
+            self._answers(breaker)
         except CACHE_ERRORS as error:
             self._failed(breaker, error)
             return False
@@ -394,7 +442,32 @@ class SessionCache:
         """Ask the cluster who serves which slots now, the failed node last."""
         client = self.redis.client()
         client.nodes_manager.initialize(last_failed_node_name=failed_node)
-        self._forget_gone(client)
+        self._follow(client)
+
+    def _answers(self, breaker: CircuitBreaker) -> None:
+        """Raise unless the breaker's node answers within ``BREAKER_PROBE_TIMEOUT``.
+
+        A ``PING``; on a cluster, ``CLUSTER INFO``: a node answers ``PING`` while
+        it refuses every key (``CLUSTERDOWN``: a shard down with
+        ``cluster-require-full-coverage yes``, or a node cut off from the
+        majority), and a breaker closed on that answer would open again at the
+        next request, once per cool-down.
+        """
+        client = self._node_client(breaker)
+        timeout = conf.BREAKER_PROBE_TIMEOUT
+        if breaker.node is None:
+            _run_quick(client, [("PING",)], timeout)
+            return
+        try:
+            [info] = _run_quick(client, [("CLUSTER", "INFO")], timeout)
+        except ResponseError as error:
+            if isinstance(error, ClusterDownError):
+                raise
+            _run_quick(client, [("PING",)], timeout)  # not allowed to ask (an ACL)
+            return
+        text = info if isinstance(info, bytes) else str(info).encode()
+        if b"cluster_state:ok" not in text:
+            raise ClusterDownError(f"{breaker.node} says the cluster is down")
 
     def _node_client(self, breaker: CircuitBreaker) -> Any:
         """A redis-py client of the breaker's node alone (the alias's, off a cluster)."""
@@ -550,7 +623,9 @@ class SessionCache:
             commands = [("SET", self.entry_key(h), TOMBSTONE, "EX", seconds) for h in group]
             try:
                 if breaker.state == CLOSED or breaker.in_probe():
-                    self._call(self.entry_key(group[0]), functools.partial(_pipeline, commands))
+                    # (A tombstone that reached a node not trusted yet is still done.)
+                    key = self.entry_key(group[0])
+                    self._call(key, functools.partial(_pipeline, commands), recheck=False)
                 else:
                     _run_quick(self._node_client(breaker), commands, conf.BREAKER_PROBE_TIMEOUT)
             except CacheUnavailable:
@@ -588,7 +663,7 @@ class SessionCache:
         for breaker in self.breakers():
             start = time.perf_counter()
             try:
-                _run_quick(self._node_client(breaker), [("PING",)], conf.BREAKER_PROBE_TIMEOUT)
+                self._answers(breaker)
             except CACHE_ERRORS as error:
                 found[breaker.name] = (None, error)
                 continue

@@ -434,14 +434,15 @@ def _check_cache() -> list[CheckMessage]:
             if isinstance(ours, dict)
             else ""
         )
-        if "{" in str(config.get("KEY_PREFIX", "")) + str(own):
+        # (Django's default key function puts KEY_PREFIX and VERSION before the key.)
+        if "{" in str(config.get("KEY_PREFIX", "")) + str(config.get("VERSION", "")) + str(own):
             errors.append(
                 Error(
-                    f"The Redis Cluster session cache {alias!r} has a '{{' in its KEY_PREFIX "
-                    "or in RESILIENT_SESSIONS['CACHE_KEY_PREFIX']: a session's key hash must "
-                    "be its key's hash tag, or every session falls in one slot and queued "
-                    "deletions cannot tell their node.",
-                    hint="Remove '{' from both prefixes.",
+                    f"The Redis Cluster session cache {alias!r} has a '{{' in its KEY_PREFIX, "
+                    "its VERSION or RESILIENT_SESSIONS['CACHE_KEY_PREFIX']: a session's key "
+                    "hash must be its key's hash tag, or every session falls in one slot and "
+                    "queued deletions cannot tell their node.",
+                    hint="Remove '{' from them.",
                     id=ID + "E012",
                 )
             )

@@ -12,9 +12,10 @@ response has gone out (Django's ``request_finished``), ``DRAIN_BATCHES`` batches
 of ``DRAIN_BATCH`` keys at a time; ``clearsessions`` drains everything.  The
 last batch closes the breaker.
 
-A process that never saw the outage has no probe to notice it: once per
-``PURGE_CHECK_INTERVAL`` it asks whether the queue is empty (one indexed
-``EXISTS``), and if not, stops trusting Redis until it is drained.
+A process that never saw the outage has no probe to notice it: at its first
+load and then once per ``PURGE_CHECK_INTERVAL`` it asks whether the queue is
+empty (one indexed ``EXISTS``), and if not, stops trusting Redis until it is
+drained.
 
 On Redis Cluster each node's breaker has its own gate and drain: the queued
 deletions of the slots it serves (``PendingPurge.slot``), so a shard that
@@ -46,7 +47,9 @@ DRAIN_BATCHES = 10
 _scheduled: set[tuple[str, str | None]] = set()
 _lock = threading.Lock()
 _draining = threading.Lock()
-_last_check = time.monotonic()
+#: When the queue was last checked (None: never, so at the process's first load: a
+#: process started after an outage has no breaker that saw it).
+_last_check: float | None = None
 
 
 def gate(cache: SessionCache, breaker: CircuitBreaker) -> bool:
@@ -138,7 +141,7 @@ def check_if_due(cache: SessionCache) -> None:
     global _last_check
     interval = conf.PURGE_CHECK_INTERVAL
     now = time.monotonic()
-    if interval is None or now - _last_check < interval:
+    if interval is None or (_last_check is not None and now - _last_check < interval):
         return
     _last_check = now
     try:
@@ -154,10 +157,11 @@ def check_if_due(cache: SessionCache) -> None:
             schedule(cache.alias, breaker.node)
 
 
-def restart_clock() -> None:
-    """Start the ``PURGE_CHECK_INTERVAL`` wait afresh (tests)."""
+def restart_clock(*, checked: bool = True) -> None:
+    """Start the ``PURGE_CHECK_INTERVAL`` wait afresh (tests); ``checked=False``: as a
+    process that has not checked yet (its first load checks)."""
     global _last_check
-    _last_check = time.monotonic()
+    _last_check = time.monotonic() if checked else None
     with _lock:
         _scheduled.clear()
 

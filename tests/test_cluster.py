@@ -474,6 +474,7 @@ def test_a_logout_while_a_master_is_down_stays_a_logout_after_its_replica_takes_
     leaving = groups[port][0]
     redis_key = leaving.redis_key
     stolen = {name: m.value for name, m in leaving.client.cookies.items()}
+    master.admin().execute_command("WAIT", 1, 5000)  # the replica has the copy
     cluster.kill(master)
     ok(leaving.client.post("/logout/"))  # its Redis copy cannot be deleted: queued
     assert PendingPurge.objects.count() == 1
@@ -516,6 +517,7 @@ def test_a_revocation_from_a_process_that_missed_the_failover_reaches_the_new_ma
     victim = groups[port][0]
     victim.write(1)
     redis_key = victim.redis_key
+    master.admin().execute_command("WAIT", 1, 5000)  # the replica has the copy
     cluster.kill(master)
     victim.write(2)  # opens the dead master's breaker; this process's map still names it
     assert f"default@{master.host}:{master.port}" in open_breakers()

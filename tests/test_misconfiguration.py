@@ -80,7 +80,11 @@ CLUSTER = {
 
 @pytest.mark.parametrize(
     ("extra", "ours"),
-    [({"KEY_PREFIX": "site{a}"}, {}), ({}, {"CACHE_KEY_PREFIX": "s{x}:"})],
+    [
+        ({"KEY_PREFIX": "site{a}"}, {}),
+        ({"VERSION": "{2}"}, {}),
+        ({}, {"CACHE_KEY_PREFIX": "s{x}:"}),
+    ],
 )
 def test_a_brace_in_a_cluster_cache_key_prefix_is_a_check_error(
     extra: dict[str, str], ours: dict[str, str]
