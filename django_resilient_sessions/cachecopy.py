@@ -93,6 +93,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1}
 """
 
+# A drop.  KEYS: entry.  ARGV: tombstone.  DEL, but a tombstone stays (a session
+# ended meanwhile must not lose its mark because a save found it already expired).
+DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
 WRITTEN, ENDED, KEPT = 1, 0, 2
 
 
@@ -575,9 +582,12 @@ class SessionCache:
         return created
 
     def drop(self, key_hash: str) -> None:
-        """``DEL`` the entry, no tombstone (a session saved already expired)."""
+        """``DEL`` the entry, no tombstone (a session saved already expired).
+
+        A tombstone found there stays: the session ended meanwhile.
+        """
         key = self.entry_key(key_hash)
-        self._call(key, lambda client: client.delete(key))
+        self._call(key, lambda client: client.eval(DROP, 1, key, TOMBSTONE))
 
     def delete(self, key_hashes: Iterable[str], ttl: int | None = None) -> None:
         """:meth:`tombstone`, raising ``CacheUnavailable`` unless every one was done."""

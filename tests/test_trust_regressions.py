@@ -48,10 +48,12 @@ from tests.web import (
     cookie,
     get_values,
     in_redis,
+    is_tombstone,
     key_hash,
     login,
     make_user,
     ok,
+    redis_key_for_hash,
     replay,
     session_key,
     set_values,
@@ -424,6 +426,22 @@ def test_a_revocation_between_load_and_write_back_is_not_lost(redis_server: Redi
     assert not in_redis(redis_server, stolen[settings.SESSION_COOKIE_NAME])
     assert user_of(replay(stolen)) is None
     assert user_of(client) is None
+
+
+def test_a_save_found_already_expired_leaves_a_revocations_tombstone(
+    redis_server: RedisServer,
+) -> None:
+    store = SessionStore()
+    store["cart"] = "full"
+    store.save()
+    key = store.session_key
+    assert key is not None
+    SessionStore(key).delete()  # ended elsewhere (another tab's logout, a revocation)
+    store.set_expiry(-10)
+    store.save()  # expired on arrival: its copy is dropped, the tombstone is not
+    with redis_server.client() as raw:
+        assert is_tombstone(raw.get(redis_key_for_hash(key_hash(key))))
+    assert SessionStore(key).load() == {}
 
 
 # 7. The probe and an unreadable queue -------------------------------------------------------
