@@ -290,6 +290,19 @@ def test_a_renewal_without_an_active_row_ends_the_login(redis_server: RedisServe
         assert user_of(client) is None
 
 
+def test_clearing_a_logged_in_session_ends_its_login_for_good(redis_server: RedisServer) -> None:
+    make_user()
+    client = Client()
+    login(client)
+    stolen = captured(client)  # a backup holding the login
+    ok(client.post("/clear/"))  # the data goes, the login with it; the key stays
+    assert session_key(client) == stolen[settings.SESSION_COOKIE_NAME]
+    assert not UserSession.objects.get().is_active
+    assert user_of(client) is None
+    redis_server.flushall()  # only the backups are left: the older one holds the login
+    assert user_of(replay(stolen)) is None
+
+
 # 4. Admin -----------------------------------------------------------------------------------
 
 

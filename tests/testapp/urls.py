@@ -13,6 +13,7 @@ urlpatterns = [
     path("state/", views.session_state, name="session-state"),
     path("expiry/", views.session_expiry, name="session-expiry"),
     path("flush/", views.session_flush, name="session-flush"),
+    path("clear/", views.session_clear, name="session-clear"),
     path("read-then-end-elsewhere/", views.read_then_end_elsewhere),
     path("set-typed/", views.set_typed),
     path("typed/", views.typed),

@@ -104,6 +104,14 @@ def session_flush(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
+@require_POST
+def session_clear(request: HttpRequest) -> JsonResponse:
+    """``clear()`` the session: its data goes, login included, the key stays."""
+    request.session.clear()
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
 @require_GET
 def read_then_end_elsewhere(request: HttpRequest) -> JsonResponse:
     """Read the session, then log it out "in another tab" (another store, same key)."""
