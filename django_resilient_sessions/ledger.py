@@ -95,34 +95,35 @@ def _timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-@guarded
-def login_of(key_hash: str) -> tuple[Row, Login | None]:
-    """The login this session's row vouches for, if its row is active (one ``SELECT``)."""
+#: What a row holds of its login, read in one ``SELECT`` (see :func:`_read`).
+_LOGIN_FIELDS = (
+    "user_id",
+    "auth_backend",
+    "auth_hash",
+    "created_at",
+    "last_activity",
+    "expires_at",
+    "backup_version",
+    "live",
+    "end_reason",
+)
+
+
+def _read(key_hash: str) -> tuple[Any, ...] | None:
+    """The session's row as :data:`_LOGIN_FIELDS` ("live": :func:`~.models.active_q`)."""
     live = ExpressionWrapper(active_q(), output_field=BooleanField())
     found = list(
-        _rows()
-        .filter(key_hash=key_hash)
-        .annotate(live=live)
-        .values_list(
-            "user_id",
-            "auth_backend",
-            "auth_hash",
-            "created_at",
-            "last_activity",
-            "expires_at",
-            "backup_version",
-            "live",
-            "end_reason",
-        )[:1]
+        _rows().filter(key_hash=key_hash).annotate(live=live).values_list(*_LOGIN_FIELDS)[:1]
     )
-    if not found:
-        return Row.MISSING, None
-    owner, backend, auth_hash, created, seen, expires, served, active, reason = found[0]
-    if not active:
-        return _over(reason), None
+    return found[0] if found else None
+
+
+def _login(found: tuple[Any, ...]) -> Login | None:
+    """The login of an active row, ``None`` for a row recorded before rows kept it."""
+    owner, backend, auth_hash, created, seen, expires, served, _, _ = found
     if not (backend and auth_hash):
-        return Row.MISSING, None  # recorded before rows kept their login
-    login = Login(
+        return None
+    return Login(
         str(owner),
         backend,
         auth_hash,
@@ -131,6 +132,19 @@ def login_of(key_hash: str) -> tuple[Row, Login | None]:
         _timestamp(expires),
         served,
     )
+
+
+@guarded
+def login_of(key_hash: str) -> tuple[Row, Login | None]:
+    """The login this session's row vouches for, if its row is active (one ``SELECT``)."""
+    found = _read(key_hash)
+    if found is None:
+        return Row.MISSING, None
+    if not found[7]:
+        return _over(found[8]), None
+    login = _login(found)
+    if login is None:
+        return Row.MISSING, None  # recorded before rows kept their login
     return Row.ACTIVE, login
 
 
@@ -287,27 +301,25 @@ def touch(
 
 
 @guarded
-def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int]:
+def row_state(key_hash: str, user_id: Any, version: int) -> tuple[Row, int, Login | None]:
     """May a backup at ``version`` holding ``user_id`` for this session be trusted?
 
     One ``SELECT`` by the unique key hash; "active" is :func:`~.models.active_q`.
-    Also returns the newest backup version the row has seen served.
+    Also returns the newest backup version the row has seen served, and, when a
+    newer backup than this one was served (``AHEAD``), the login the row vouches
+    for (served alone in place of the older backup's data).
     """
-    live = ExpressionWrapper(active_q(), output_field=BooleanField())
-    found = list(
-        _rows()
-        .filter(key_hash=key_hash)
-        .annotate(live=live)
-        .values_list("user_id", "backup_version", "live", "end_reason")[:1]
-    )
-    if not found:
-        return Row.MISSING, 0
-    owner, served, active, reason = found[0]
+    found = _read(key_hash)
+    if found is None:
+        return Row.MISSING, 0, None
+    owner, served, active, reason = found[0], found[6], found[7], found[8]
     if not active:
-        return _over(reason), served
+        return _over(reason), served, None
     if str(owner) != str(user_id):
-        return Row.ENDED, served
-    return (Row.AHEAD if version < served else Row.ACTIVE), served
+        return Row.ENDED, served, None
+    if version < served:
+        return Row.AHEAD, served, _login(found)
+    return Row.ACTIVE, served, None
 
 
 @guarded

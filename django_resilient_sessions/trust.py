@@ -298,8 +298,10 @@ def _use_backup(
         return Decision(Serve.BACKUP, write=write, reason="row active")
     if row is Row.AHEAD:
         # A newer backup of this login was served; Redis, if it has a copy, is
-        # older still: neither may win over it.  Serve nothing, touch nothing.
-        return replace(_KEEP_AND_SERVE_NOTHING, reason=ROLLBACK)
+        # older still: neither may win over it.  The row vouches for the login
+        # (as it would for a request without any backup): serve the login alone,
+        # none of the older data, and write nothing back.
+        return Decision(Serve.LEDGER_LOGIN, keep_cookies=True, reason=ROLLBACK)
     if row in (Row.ENDED, Row.MISSING):
         # The ledger is the authority: a Redis copy that outlived its row goes too.
         return Decision(

@@ -45,7 +45,7 @@ PROTECTS = {
     "stale": "no rollback: Redis moved on, Redis wins",
     "anonymous": "lose nothing (anonymous data: the documented exception to no rollback)",
     "row active": "lose nothing: the newest copy wins",
-    trust.ROLLBACK: "no rollback: an older backup than one served",
+    trust.ROLLBACK: "no rollback: an older backup than one served; the row keeps the login",
     trust.ROW_ENDED: "never resurrect: the ledger ended it",
     trust.ROW_MISSING: "never resurrect: a login with no row is not a login",
     "ledger unreadable: login withheld": "fail closed: the login waits for the ledger",

@@ -62,9 +62,11 @@ def test_the_ledger_is_asked_only_where_a_login_may_be_served_without_redis() ->
                 assert login and backup in (Backup.NEWER, Backup.VALID)
 
 
-def test_the_login_alone_only_from_an_active_row_and_without_a_backup() -> None:
+def test_the_login_alone_from_an_active_row_without_a_backup_or_over_an_older_one() -> None:
     for cache, backup, _, row, _, decision in STATES:
-        if decision.serve is Serve.LEDGER_LOGIN:
+        if decision.serve is Serve.LEDGER_LOGIN and row is Row.AHEAD:
+            assert backup is not Backup.NONE and decision.write is Write.NONE
+        elif decision.serve is Serve.LEDGER_LOGIN:
             assert backup is Backup.NONE and row is Row.ACTIVE
             assert decision.write is (Write.RECREATE if cache is Cache.ABSENT else Write.NONE)
 
@@ -87,10 +89,11 @@ def test_no_rollback() -> None:
             assert decision.serve is Serve.CACHE
             assert decision.write is Write.NONE
         if row is Row.AHEAD:
-            # Neither this backup nor Redis (older still) may win: nothing is served or
-            # written, and the client keeps its cookies (its newer backup may be in
-            # another request's answer).
-            assert decision.serve is Serve.NOTHING
+            # Neither this backup nor Redis (older still) may win: none of their data
+            # is served, nothing is written, and the client keeps its cookies (its
+            # newer backup may be in another request's answer). The row vouches for
+            # the login alone, as it does for a request that carries no backup.
+            assert decision.serve is Serve.LEDGER_LOGIN
             assert decision.write is Write.NONE
             assert decision.keep_cookies and not decision.renew
         if decision.write is Write.REPLACE:

@@ -368,15 +368,42 @@ def test_an_older_backup_neither_serves_during_the_outage_nor_wins_after_it(
         set_values(client, note="1")  # the ledger learns of this backup's version
         # The attacker presents the older backup, then writes to make its branch "newer".
         attacker = replay(unused)
-        assert whoami(attacker) == {"user": None, "degraded": True}
+        # Its login stands (the row vouches for it), none of its data is served.
+        assert whoami(attacker) == {"user": "alice", "degraded": True}
         response = attacker.get("/get/")
         assert ok(response) == {}
         assert not response.cookies  # cookies left alone: nothing is renewed from it
+        assert get_values(client) == {"coupon": "used", "note": "1"}  # the newest is intact
     finally:
         fault_redis.resume()
     recover(client)
     assert get_values(client) == {"coupon": "used", "note": "1"}
     assert get_values(replay(unused))["coupon"] == "used"
+
+
+def test_a_browser_that_lost_an_answer_during_an_outage_stays_logged_in(
+    fault_redis: RedisServer,
+) -> None:
+    """The newest backup went out in an answer the browser never got (an aborted
+    request, a dropped connection): the one it holds is older than one served."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # served and recorded; its answer is lost
+        browser = replay(held)
+        assert whoami(browser) == {"user": "alice", "degraded": True}
+        assert get_values(browser) == {}  # not the older data: no rollback
+        set_values(browser, wish="3")  # a branch of its own, still logged in
+        assert whoami(browser) == {"user": "alice", "degraded": True}
+        assert get_values(browser) == {"wish": "3"}
+    finally:
+        fault_redis.resume()
+    recover(browser)
+    assert whoami(browser)["user"] == "alice"
 
 
 def test_a_branch_that_redis_never_saw_does_not_overwrite_it(fault_redis: RedisServer) -> None:

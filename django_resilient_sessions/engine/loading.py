@@ -122,7 +122,8 @@ class Loading(StoreState):
             if backup is None:
                 row, self._ledger_login = ledger.login_of(key_hash)
                 return row
-            row, self._served = ledger.row_state(key_hash, backup.data[SESSION_KEY], backup.version)
+            user = backup.data[SESSION_KEY]
+            row, self._served, self._ledger_login = ledger.row_state(key_hash, user, backup.version)
         except LedgerUnavailable:
             return Row.UNREADABLE
         return row
@@ -144,9 +145,10 @@ class Loading(StoreState):
             assert read.entry is not None
             self.needs_backup = decision.renew
             return self._use_entry(read.entry, backup.version if backup else 0)
-        if decision.serve is Serve.LEDGER_LOGIN:
+        if decision.serve is Serve.LEDGER_LOGIN and self._ledger_login is not None:
             return self._use_ledger_login(key_hash, read, decision)
-        if decision.serve is Serve.NOTHING or backup is None:
+        if decision.serve in (Serve.NOTHING, Serve.LEDGER_LOGIN) or backup is None:
+            # (The login alone, when its row no longer has it: nothing, cookies kept.)
             if decision.keep_cookies and self.session_key:
                 # Not served, but not over either: a logout must still end it.
                 login = None if backup is None else SESSION_KEY in backup.data
@@ -230,6 +232,11 @@ class Loading(StoreState):
         if self.session_key is None:
             return data  # timed out
         self._served = found.served
+        if decision.reason == trust.ROLLBACK:
+            # In place of an older backup (a response the browser lost, a tab that
+            # raced another): a read renews nothing, so the newer backup the client
+            # may still hold is not overwritten by one of the login alone.
+            self.needs_backup = False
         health.count("restored_from_ledger")
         if decision.write is not Write.NONE:
             ttl = int(found.expires_at - time.time())
