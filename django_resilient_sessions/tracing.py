@@ -28,9 +28,7 @@ ATTRIBUTE_PREFIX = "resilient_sessions."
 
 
 #: Providers that record nothing: the API's default (no provider set yet) and its no-op.
-_IDLE: tuple[type, ...] = (
-    (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if AVAILABLE else ()
-)
+_IDLE: tuple[type, ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if AVAILABLE else ()
 
 _NOTHING: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 

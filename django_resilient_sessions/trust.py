@@ -329,6 +329,7 @@ def _done(**changes: Any) -> Decision:
     runs on every save."""
     return Decision(Serve.NOT_A_LOAD, **changes)
 
+
 ENDED_MEANWHILE = "ended meanwhile"
 BACKUP_ONLY = "backup only"
 RECORDED = "backup only, its version recorded"
@@ -361,9 +362,7 @@ def _save(
         return _done(write=write, end_login=True, reason=ROW_OVER)
     if cache is not Cache.UNREACHABLE:
         if row is Row.UNWRITABLE and login:
-            return _done(
-                write=_write_for(cache, new_key), cap_ttl=True, reason=ACTIVITY_LATER
-            )
+            return _done(write=_write_for(cache, new_key), cap_ttl=True, reason=ACTIVITY_LATER)
         return _done(write=_write_for(cache, new_key), reason=WRITABLE)
     if not login:
         return _done(reason=BACKUP_ONLY)
