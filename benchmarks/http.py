@@ -19,12 +19,13 @@ hits all of them alike and the ratios between states and engines hold. The first
 a warm-up and is not counted (every worker has met its fault, our breakers are open).
 Latency percentiles come from the merged histograms of the counted slices.
 
-Requests replay the cookies the login answered. For the writing view our engine answers a
-new backup cookie every time; replaying the login's backup instead means every write also
-opens the (stale) backup to compare versions, a few tens of microseconds, and during an
-outage every request is served from that same backup: the figures are slightly pessimistic
-for our engine. Responses that are not 2xx are counted apart, and so are 2xx answers to a
-request that was no longer logged in (``X-Bench-Auth: 0``).
+Each connection of the load generator logs in on its own (one session per connection,
+as one browser each) and keeps a cookie jar: it sends back the cookies its responses set,
+so every write carries the backup the previous write of that session answered, and while
+Redis is down each request is served from its session's newest backup. (wrk runs one
+connection per thread for that: a thread's script keeps its jar.) Responses that are not
+2xx are counted apart, and so are 2xx answers to a request that was no longer logged in
+(``X-Bench-Auth: 0``).
 """
 
 from __future__ import annotations
@@ -250,6 +251,11 @@ def login(server: Server) -> str:
     return cookie
 
 
+def logins(server: Server, connections: int) -> list[str]:
+    """A session logged in per connection: each one's Cookie header (its jar to start with)."""
+    return [login(server) for _ in range(connections)]
+
+
 def breaker_state(server: Server) -> str:
     """The breaker state one worker reports (the one that answers)."""
     try:
@@ -266,9 +272,13 @@ def breaker_state(server: Server) -> str:
 
 
 def run_load(
-    tool: str, server: Server, view: str, cookie: str, *, duration: int, plan: Plan
+    tool: str, server: Server, view: str, jars: list[str], *, duration: int, plan: Plan
 ) -> dict[str, Any]:
-    """One run of ``duration`` seconds: the raw figures of wrk_report.lua."""
+    """One run of ``duration`` seconds: the raw figures of wrk_report.lua.
+
+    ``jars``: a Cookie header per connection, each connection's jar to start with
+    (updated in place with the cookies the run answered, for the next run).
+    """
     method, path = VIEWS[view]
     if tool == "python":
         return loadgen.run(
@@ -276,21 +286,30 @@ def run_load(
             server.port,
             path,
             method=method,
-            headers={"Cookie": cookie},
+            jars=jars,
             body=WRITE_BODY if method == "POST" else None,
             duration=duration,
-            connections=plan.connections,
             timeout=plan.timeout,
         )
+    connections = str(len(jars))
     args = [
-        "wrk", "-t", "1", "-c", str(plan.connections), "-d", f"{duration}s",
-        "--timeout", f"{plan.timeout}s", "-s", str(LUA_SCRIPT),
-        "-H", f"Cookie: {cookie}", server.base + path,
+        "wrk", "-t", connections, "-c", connections, "-d", f"{duration}s",
+        "--timeout", f"{plan.timeout}s", "-s", str(LUA_SCRIPT), server.base + path,
     ]  # fmt: skip
-    env = {**os.environ, "BENCH_METHOD": method, "BENCH_BODY": WRITE_BODY}
+    env = {
+        **os.environ,
+        "BENCH_METHOD": method,
+        "BENCH_BODY": WRITE_BODY,
+        "BENCH_COOKIES": "\n".join(jars),
+    }
     done = subprocess.run(
         args, capture_output=True, text=True, env=env, timeout=duration + plan.timeout + 60
     )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_JAR "):
+            _, index, *cookie = line.split(" ", 2)
+            if cookie and cookie[0]:
+                jars[int(index) - 1] = cookie[0]
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             raw: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
@@ -340,7 +359,7 @@ def run(env: BenchEnv, plan: Plan, progress: Callable[[str], None] = print) -> d
     ):
         progress(f"  http: {len(servers)} servers x {plan.workers} workers up")
         cookies = {
-            (engine, state, view): login(servers[(engine, state)])
+            (engine, state, view): logins(servers[(engine, state)], plan.connections)
             for engine, state in pairs
             for view in plan.views
         }

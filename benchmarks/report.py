@@ -310,9 +310,10 @@ def _notes(results: dict[str, Any]) -> list[str]:
     if "http" in results:
         config = results["http"]["config"]
         notes.append(
-            "HTTP requests replay the login's cookies: our writes therefore carry a stale "
-            "backup (one extra decryption per request) and, while Redis is down, every "
-            "request is served from that same backup. Redis socket timeouts "
+            "Each load generator connection logs in on its own session and keeps a cookie "
+            "jar, as a browser does: every write carries the backup the previous write "
+            "answered, and while Redis is down each request is served from its session's "
+            "newest backup. Redis socket timeouts "
             f"{config['socket_timeout_s']:g} s (as in the Quick start), breaker cool-down "
             f"{config['breaker_cooldown_s']:g} s and probe timeout "
             f"{config['breaker_probe_timeout_s']:g} s (the engine's defaults). "

@@ -1,8 +1,12 @@
 -- wrk script of the benchmarks (benchmarks/http.py).
--- BENCH_METHOD (GET or POST) and BENCH_BODY choose the request; the Cookie header comes
--- from wrk's -H. Counts responses by status and 2xx answers whose X-Bench-Auth is not "1"
--- (the request was no longer logged in), then prints one line with the whole latency
--- histogram (so that runs can be merged exactly):
+-- BENCH_METHOD (GET or POST) and BENCH_BODY choose the request. BENCH_COOKIES holds one
+-- Cookie header per line, one per connection (a session logged in for each): wrk runs one
+-- connection per thread (-t = -c), and each thread keeps a cookie jar, sending back the
+-- cookies its responses set, as a browser would. (wrk hands a script only the last header
+-- of a name: our engine sets the backup cookie after the session cookie, and the session
+-- key does not change on these views.) Counts responses by status and 2xx answers whose
+-- X-Bench-Auth is not "1" (the request was no longer logged in), then prints one line with
+-- the whole latency histogram (so that runs can be merged exactly):
 --   BENCH_JSON {"requests": ..., "hist": [[microseconds, count], ...], "statuses": {...}, ...}
 
 local method = os.getenv("BENCH_METHOD") or "GET"
@@ -13,17 +17,74 @@ if method == "POST" then
 end
 
 local threads = {}
+local initial = {}
+for line in string.gmatch(os.getenv("BENCH_COOKIES") or "", "[^\n]+") do
+  table.insert(initial, line)
+end
 
 function setup(thread)
   table.insert(threads, thread)
+  if #initial > 0 then
+    thread:set("cookies", initial[(#threads - 1) % #initial + 1])
+  end
 end
 
 function init(args)
   statuses = {}
   anonymous = 0
+  jar = {}
+  order = {}
+  for pair in string.gmatch(cookies or "", "[^;]+") do
+    local name, value = string.match(pair, "^%s*([^=]+)=(.*)$")
+    if name then
+      jar[name] = value
+      table.insert(order, name)
+    end
+  end
+  header()
+end
+
+function keep(set_cookie)
+  local name, value = string.match(set_cookie, "^%s*([^=]+)=([^;]*)")
+  if not name then
+    return
+  end
+  if jar[name] == nil then
+    table.insert(order, name)
+  end
+  local lower = string.lower(set_cookie)
+  if value == "" or string.find(lower, "max%-age=0") then
+    jar[name] = false  -- deleted
+  else
+    jar[name] = value
+  end
+end
+
+function header()
+  local parts = {}
+  for _, name in ipairs(order) do
+    if jar[name] then
+      table.insert(parts, name .. "=" .. jar[name])
+    end
+  end
+  cookies = table.concat(parts, "; ")  -- read back by done(), for the next run
+end
+
+function request()
+  local headers = {}
+  for k, v in pairs(wrk.headers) do
+    headers[k] = v
+  end
+  headers["Cookie"] = cookies
+  return wrk.format(nil, nil, headers, nil)
 end
 
 function response(status, headers, body)
+  local set_cookie = headers["Set-Cookie"] or headers["set-cookie"]
+  if set_cookie then
+    keep(set_cookie)
+    header()
+  end
   local key = tostring(status)
   statuses[key] = (statuses[key] or 0) + 1
   if status >= 200 and status < 300 and headers["X-Bench-Auth"] ~= "1" then
@@ -48,6 +109,9 @@ function done(summary, latency, requests)
   for i = 1, #latency do
     local value, count = latency(i)
     table.insert(hist, string.format("[%d, %d]", value, count))
+  end
+  for i, thread in ipairs(threads) do
+    io.write(string.format("BENCH_JAR %d %s\n", i, thread:get("cookies") or ""))
   end
   local e = summary.errors
   io.write(string.format(
