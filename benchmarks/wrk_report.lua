@@ -3,8 +3,8 @@
 -- Cookie header per line, one per connection (a session logged in for each): wrk runs one
 -- connection per thread (-t = -c), and each thread keeps a cookie jar, sending back the
 -- cookies its responses set, as a browser would. (wrk hands a script only the last header
--- of a name: our engine sets the backup cookie after the session cookie, and the session
--- key does not change on these views.) Counts responses by status and 2xx answers whose
+-- of a name: the bench site lists every cookie a response sets in X-Bench-Cookies, see
+-- benchmarks/site/middleware.py.) Counts responses by status and 2xx answers whose
 -- X-Bench-Auth is not "1" (the request was no longer logged in), then prints one line with
 -- the whole latency histogram (so that runs can be merged exactly):
 --   BENCH_JSON {"requests": ..., "hist": [[microseconds, count], ...], "statuses": {...}, ...}
@@ -44,19 +44,15 @@ function init(args)
   header()
 end
 
-function keep(set_cookie)
-  local name, value = string.match(set_cookie, "^%s*([^=]+)=([^;]*)")
-  if not name then
-    return
-  end
-  if jar[name] == nil then
-    table.insert(order, name)
-  end
-  local lower = string.lower(set_cookie)
-  if value == "" or string.find(lower, "max%-age=0") then
-    jar[name] = false  -- deleted
-  else
-    jar[name] = value
+function keep(list)
+  for pair in string.gmatch(list, "[^;]+") do
+    local name, value = string.match(pair, "^%s*([^=]+)=(.*)$")
+    if name then
+      if jar[name] == nil then
+        table.insert(order, name)
+      end
+      jar[name] = value ~= "" and value  -- false: deleted
+    end
   end
 end
 
@@ -80,9 +76,9 @@ function request()
 end
 
 function response(status, headers, body)
-  local set_cookie = headers["Set-Cookie"] or headers["set-cookie"]
-  if set_cookie then
-    keep(set_cookie)
+  local set = headers["X-Bench-Cookies"]
+  if set then
+    keep(set)
     header()
   end
   local key = tostring(status)
