@@ -109,7 +109,7 @@ def seal(backup: Backup, session_key: str, serializer: Any, payload: bytes | Non
         raise ValueError("session too large for a backup")
     flags = FLAG_PARTIAL if backup.partial else 0
     if len(payload) > COMPRESS_ABOVE:
-        packed = _deflate(payload)
+        packed = zlib.compress(payload, 1)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED
     header = HEADER.pack(backup.version, backup.base, backup.expires_at, flags, backup.parent)
@@ -195,19 +195,6 @@ def _decrypt(nonce: bytes, sealed: bytes, session_key: str, form: int) -> bytes 
         except InvalidTag:
             continue
     return None
-
-
-def _deflate(payload: bytes) -> bytes:
-    """zlib at level 1, with a window just large enough for ``payload``.
-
-    ``zlib.compress`` sets up a 32 KiB window and a 64 KiB hash table for a
-    payload of a few hundred bytes: that set-up cost more than the compression
-    itself (about 30 µs a save).  A window that covers the whole payload finds
-    the same matches; any zlib stream (``_inflate``, older releases) reads it.
-    """
-    wbits = min(max(len(payload).bit_length(), 9), 15)
-    packer = zlib.compressobj(1, zlib.DEFLATED, wbits, min(max(wbits - 7, 1), 8))
-    return packer.compress(payload) + packer.flush()
 
 
 def _inflate(payload: bytes) -> bytes | None:

@@ -40,6 +40,7 @@ Invariants the rules protect
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -195,6 +196,9 @@ TRUSTED_UNCHECKED = "ledger unreadable: login trusted (FAIL_CLOSED off)"
 ADOPT = "no copy, no row: the previous engine may know the key"
 
 
+# Pure, over a few enums and flags: each answer is worked out once per process
+# (every load and save asks; a lookup costs a fraction of the walk).
+@functools.lru_cache(maxsize=1024)
 def decide(
     cache: Cache,
     backup: Backup = Backup.NONE,
