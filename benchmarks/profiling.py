@@ -114,6 +114,7 @@ def profile_http(env: BenchEnv, state: str, view: str, plan: http.Plan, duration
         ]  # fmt: skip
         recorder = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
+        http.revive(server, cookie)
         result = http.summarise_load(
             [http.run_load(tool, server, view, cookie, duration=duration, plan=plan)]
         )
