@@ -174,7 +174,7 @@ def run_http(
             http._wait_ready(server)
         progress(f"  cluster http: {len(servers)} servers x {plan.workers} workers up")
         cookies = {
-            (setup, view): http.login(servers[("resilient", setup)])
+            (setup, view): http.logins(servers[("resilient", setup)], plan.connections)
             for setup in HTTP_SETUPS
             for view in plan.views
         }

@@ -1,7 +1,8 @@
 """A small closed-loop HTTP load generator, used when ``wrk`` is not installed.
 
-``connections`` threads each send one request at a time (a new connection per request,
-as gunicorn's sync workers close them anyway) for ``duration`` seconds, and the result has
+One thread per cookie jar (a connection) sends one request at a time (a new connection
+per request, as gunicorn's sync workers close them anyway) for ``duration`` seconds,
+keeping the cookies the responses set as a browser would, and the result has
 the same shape as the line ``benchmarks/wrk_report.lua`` prints (latencies as a histogram
 of whole microseconds). It is slower than wrk
 (the GIL, and it shares the CPU with the servers), so its requests per second are a lower
@@ -13,6 +14,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from http.cookies import SimpleCookie
 from typing import Any
 
 
@@ -27,9 +29,12 @@ class _Worker(threading.Thread):
         body: str | None,
         deadline: float,
         timeout: float,
+        cookie: str,
     ) -> None:
         super().__init__(daemon=True)
         self.target = (host, port, path, method, headers, body)
+        self.jar: SimpleCookie = SimpleCookie()
+        self.jar.load(cookie)
         self.deadline = deadline
         self.timeout = timeout
         self.latencies: list[float] = []
@@ -42,8 +47,9 @@ class _Worker(threading.Thread):
         while time.monotonic() < self.deadline:
             conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
             start = time.perf_counter_ns()
+            cookie = self.cookie()
             try:
-                conn.request(method, path, body=body, headers=headers)
+                conn.request(method, path, body=body, headers={**headers, "Cookie": cookie})
                 response = conn.getresponse()
                 response.read()
             except TimeoutError:
@@ -58,12 +64,27 @@ class _Worker(threading.Thread):
             finally:
                 conn.close()
             self.latencies.append((time.perf_counter_ns() - start) / 1000)
+            self.keep(response.headers.get_all("Set-Cookie") or [])
             status = response.status
             self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
             if status >= 400:
                 self.errors["status"] += 1
             if 200 <= status < 300 and response.getheader("X-Bench-Auth") != "1":
                 self.anonymous += 1
+
+    def keep(self, set_cookies: list[str]) -> None:
+        """Take the cookies a response set (a deleted one leaves the jar)."""
+        for header in set_cookies:
+            answered: SimpleCookie = SimpleCookie()
+            answered.load(header)
+            for name, morsel in answered.items():
+                if not morsel.value or morsel["max-age"] in ("0", 0):
+                    self.jar.pop(name, None)
+                else:
+                    self.jar[name] = morsel.value
+
+    def cookie(self) -> str:
+        return "; ".join(f"{name}={morsel.value}" for name, morsel in self.jar.items())
 
 
 def run(
@@ -72,25 +93,27 @@ def run(
     path: str,
     *,
     method: str,
-    headers: dict[str, str],
+    jars: list[str],
     body: str | None,
     duration: float,
-    connections: int,
     timeout: float,
 ) -> dict[str, Any]:
-    """Drive ``method path`` for ``duration`` seconds; returns wrk_report.lua's summary."""
-    all_headers = dict(headers)
-    if body is not None:
-        all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+    """Drive ``method path`` for ``duration`` seconds; returns wrk_report.lua's summary.
+
+    One connection per entry of ``jars`` (a Cookie header to start with); each entry is
+    replaced by what that connection's jar holds at the end.
+    """
+    headers = {} if body is None else {"Content-Type": "application/x-www-form-urlencoded"}
     start = time.monotonic()
     workers = [
-        _Worker(host, port, path, method, all_headers, body, start + duration, timeout)
-        for _ in range(connections)
+        _Worker(host, port, path, method, headers, body, start + duration, timeout, cookie)
+        for cookie in jars
     ]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    jars[:] = [worker.cookie() for worker in workers]
     elapsed = time.monotonic() - start
     latencies = [value for worker in workers for value in worker.latencies]
     statuses: dict[str, int] = {}

@@ -104,7 +104,7 @@ def profile_http(env: BenchEnv, state: str, view: str, plan: http.Plan, duration
         http.serving(env, [pair], redis, plan.workers) as servers,
     ):
         server = servers[pair]
-        cookie = http.login(server)
+        cookie = http.logins(server, plan.connections)
         http.inject(redis[state], state)
         http.run_load(tool, server, view, cookie, duration=max(plan.warmup_s, 1), plan=plan)
         raw = env.workdir / f"py-spy-{state}-{view}.txt"
@@ -114,6 +114,7 @@ def profile_http(env: BenchEnv, state: str, view: str, plan: http.Plan, duration
         ]  # fmt: skip
         recorder = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
+        http.revive(server, cookie)
         result = http.summarise_load(
             [http.run_load(tool, server, view, cookie, duration=duration, plan=plan)]
         )

@@ -86,8 +86,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
     """The issue's targets, met (True), missed (False) or not measured (None)."""
     found: list[Target] = []
     for op, limit, text in (
-        ("load", 1.05, "cached load vs Django's `cache` engine (median)"),
-        ("save", 1.0, "save (load + modify + save) vs Django's `cache` engine (median)"),
+        ("load", 1.0, "cached load vs Django's `cache` engine (median)"),
+        ("save", 0.95, "save (load + modify + save) vs Django's `cache` engine (median)"),
     ):
         row = _op(results, op, "resilient")
         value = row["ratio"] if row else None
@@ -310,9 +310,12 @@ def _notes(results: dict[str, Any]) -> list[str]:
     if "http" in results:
         config = results["http"]["config"]
         notes.append(
-            "HTTP requests replay the login's cookies: our writes therefore carry a stale "
-            "backup (one extra decryption per request) and, while Redis is down, every "
-            "request is served from that same backup. Redis socket timeouts "
+            "Each load generator connection logs in on its own session and keeps a cookie "
+            "jar, as a browser does: every write carries the backup the previous write "
+            "answered, and while Redis is down each request is served from its session's "
+            "newest backup (a connection whose last answer a slice's end cut off logs in "
+            f"again before the next slice: {results['http'].get('revived', 0)} times). "
+            "Redis socket timeouts "
             f"{config['socket_timeout_s']:g} s (as in the Quick start), breaker cool-down "
             f"{config['breaker_cooldown_s']:g} s and probe timeout "
             f"{config['breaker_probe_timeout_s']:g} s (the engine's defaults). "

@@ -36,7 +36,13 @@ from django.utils.module_loading import import_string
 from django_redis.exceptions import ConnectionInterrupted
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.retry import Retry
 
 from . import conf as conf_module
@@ -101,6 +107,32 @@ return redis.call('DEL', KEYS[1])
 """
 
 WRITTEN, ENDED, KEPT = 1, 0, 2
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script sent by its SHA-1 (``EVALSHA``), its text only when a node lacks it.
+
+    One round trip once the node has seen it; ``EVAL`` after a ``NOSCRIPT`` (a
+    restarted or flushed node, a promoted replica) loads it there again.  Both
+    commands name the key, so a cluster client routes them to its slot's node.
+    """
+
+    text: str
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.text.encode()).hexdigest()
+
+    def run(self, client: Any, key: str, *args: Any) -> Any:
+        try:
+            return client.evalsha(self.sha, 1, key, *args)
+        except NoScriptError:
+            return client.eval(self.text, 1, key, *args)
+
+
+UPDATE_SCRIPT = Script(UPDATE)
+WRITE_BACK_SCRIPT = Script(WRITE_BACK)
 
 
 def hash_key(session_key: str) -> str:
@@ -536,7 +568,7 @@ class SessionCache:
         value = entry.dump(self.serializer, payload)
         key = self.entry_key(key_hash)
         args = (value, _ms(ttl), TOMBSTONE)
-        done = int(self._call(key, lambda client: client.eval(UPDATE, 1, key, *args)))
+        done = int(self._call(key, lambda client: UPDATE_SCRIPT.run(client, key, *args)))
         return None if done < 0 else bool(done)
 
     def write_back(
@@ -551,7 +583,7 @@ class SessionCache:
         """
         key = self.entry_key(key_hash)
         args = (entry.dump(self.serializer, payload), _ms(ttl), expected, TOMBSTONE)
-        reply = self._call(key, lambda client: client.eval(WRITE_BACK, 1, key, *args))
+        reply = self._call(key, lambda client: WRITE_BACK_SCRIPT.run(client, key, *args))
         if reply[0] == WRITTEN:
             return None
         if reply[0] == ENDED:

@@ -432,8 +432,8 @@ def rekey(old_hash: str, new_hash: str) -> int:
 def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]]:
     """Delete rows past retention and end expired ones among primary keys ``[first, first+size)``.
 
-    Returns ``(deleted, ended)``: the hashes of the rows it ended, queued for
-    Redis like :func:`end_rows`.
+    Returns ``(deleted, ended)``: the hashes of the rows it ended (not queued: see
+    below; the caller tombstones them, best effort).
     """
     cutoff = now - timedelta(days=conf.ENDED_RETENTION_DAYS)
     window = _rows().filter(pk__gte=first, pk__lt=first + size)
@@ -443,7 +443,8 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
         hashes = list(expired.values_list("key_hash", flat=True))
         bars.after_end(hashes, now)
         window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
-        outbox.add(hashes)  # the outbox: see end_rows
+        # No outbox entry: past the grace, their Redis copies have expired too (see
+        # active_q), so there is nothing a queued deletion would have to finish.
         deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
     return deleted, hashes
 

@@ -184,6 +184,8 @@ class _Sink:
     def __init__(self) -> None:
         assert prometheus_client is not None
         self.made: dict[str, Any] = {}
+        #: The counter (labelled child) of each (event, label) counted so far.
+        self.counters: dict[tuple[str, str], Any] = {}
         for name, (kind, labels, text) in METRICS.items():
             if kind == "counter":
                 self.made[name] = prometheus_client.Counter(_base(name), text, labels)
@@ -204,14 +206,18 @@ class _Sink:
     # request that reported it, least of all during an outage.
 
     def count(self, name: str, n: int, label: str) -> None:
-        found = _COUNTED.get(name)
-        if found is None:
-            return
-        metric, fixed = found
+        counter = self.counters.get((name, label))
         try:
-            counter = self.made[metric]
-            if METRICS[metric][1]:
-                counter = counter.labels((label if fixed is None else fixed) or "other")
+            if counter is None:
+                found = _COUNTED.get(name)
+                if found is None:
+                    return
+                metric, fixed = found
+                counter = self.made[metric]
+                if METRICS[metric][1]:
+                    counter = counter.labels((label if fixed is None else fixed) or "other")
+                # (labels are bounded values: the child is looked up once per process)
+                self.counters[name, label] = counter
             counter.inc(n)
         # Whatever the client raises (OSError from its files, mostly): see above.
         except Exception as error:

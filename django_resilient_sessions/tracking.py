@@ -189,7 +189,10 @@ def clear_expired(progress: Callable[[Cleanup], None] | None = None) -> Cleanup:
         return result
     for first in range(low, high + 1, size):
         deleted, ended = ledger.cleanup_window(first, size, now)
-        settle(ended)
+        # Tombstones, best effort and never queued: an expired row's Redis copy has
+        # expired as well, so a row that Redis does not take now leaves nothing behind
+        # (a queue entry per expired row would hold breakers open after an outage).
+        settle(ended, queued=False)
         result.deleted += deleted
         result.expired += len(ended)
         if progress:

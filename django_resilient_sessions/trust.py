@@ -40,8 +40,10 @@ Invariants the rules protect
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 __all__ = [
     "Backup",
@@ -194,6 +196,9 @@ TRUSTED_UNCHECKED = "ledger unreadable: login trusted (FAIL_CLOSED off)"
 ADOPT = "no copy, no row: the previous engine may know the key"
 
 
+# Pure, over a few enums and flags: each answer is worked out once per process
+# (every load and save asks; a lookup costs a fraction of the walk).
+@functools.lru_cache(maxsize=1024)
 def decide(
     cache: Cache,
     backup: Backup = Backup.NONE,
@@ -322,6 +327,15 @@ def _use_backup(
 
 _DONE = Decision(Serve.NOT_A_LOAD)
 
+
+def _done(**changes: Any) -> Decision:
+    """A decision of a save, login or deletion (``_DONE`` with ``changes``).
+
+    Built directly: ``dataclasses.replace`` looks every field up again, and this
+    runs on every save."""
+    return Decision(Serve.NOT_A_LOAD, **changes)
+
+
 ENDED_MEANWHILE = "ended meanwhile"
 BACKUP_ONLY = "backup only"
 RECORDED = "backup only, its version recorded"
@@ -344,27 +358,25 @@ def _save(
     """
     if cache is Cache.TOMBSTONED:
         # The session ended meanwhile (logout in another tab, revoked).
-        return replace(_DONE, refuse=changed, skip=not changed, reason=ENDED_MEANWHILE)
+        return _done(refuse=changed, skip=not changed, reason=ENDED_MEANWHILE)
     if withheld:
         # A login held back must not reach Redis: an anonymous copy would shadow it.
-        return replace(_DONE, reason=WITHHELD)
+        return _done(reason=WITHHELD)
     if row in (Row.ENDED, Row.MISSING):
         # Whatever else happens, a login whose row is over leaves the session.
         write = Write.NONE if cache is Cache.UNREACHABLE else _write_for(cache, new_key)
-        return replace(_DONE, write=write, end_login=True, reason=ROW_OVER)
+        return _done(write=write, end_login=True, reason=ROW_OVER)
     if cache is not Cache.UNREACHABLE:
         if row is Row.UNWRITABLE and login:
-            return replace(
-                _DONE, write=_write_for(cache, new_key), cap_ttl=True, reason=ACTIVITY_LATER
-            )
-        return replace(_DONE, write=_write_for(cache, new_key), reason=WRITABLE)
+            return _done(write=_write_for(cache, new_key), cap_ttl=True, reason=ACTIVITY_LATER)
+        return _done(write=_write_for(cache, new_key), reason=WRITABLE)
     if not login:
-        return replace(_DONE, reason=BACKUP_ONLY)
+        return _done(reason=BACKUP_ONLY)
     if row is Row.NOT_ASKED:
         return _ASK
     if row in (Row.UNWRITABLE, Row.UNREADABLE):
-        return replace(_DONE, refuse=changed, skip=not changed, reason=UNPROTECTED)
-    return replace(_DONE, reason=RECORDED)
+        return _done(refuse=changed, skip=not changed, reason=UNPROTECTED)
+    return _done(reason=RECORDED)
 
 
 def _write_for(cache: Cache, new_key: bool) -> Write:
@@ -383,10 +395,10 @@ def _login(row: Row) -> Decision:
     if row is Row.NOT_ASKED:
         return _ASK
     if row is Row.ACTIVE:
-        return replace(_DONE, reason=LOGIN_RECORDED)
+        return _done(reason=LOGIN_RECORDED)
     if row is Row.MISSING:
-        return replace(_DONE, refuse=True, reason=LIMIT)  # the ledger made no row: no room
-    return replace(_DONE, refuse=True, reason=LOGIN_REFUSED)
+        return _done(refuse=True, reason=LIMIT)  # the ledger made no row: no room
+    return _done(refuse=True, reason=LOGIN_REFUSED)
 
 
 ROW_THEN_TOMBSTONE = "row ended, then the tombstone"
@@ -406,9 +418,8 @@ def _delete(cache: Cache, login: bool | None, row: Row) -> Decision:
     is_login = login is not False
     in_redis = cache is not Cache.ABSENT
     if is_login and row in (Row.UNWRITABLE, Row.UNREADABLE):
-        return replace(_DONE, refuse=True, reason=END_REFUSED)
-    return replace(
-        _DONE,
+        return _done(refuse=True, reason=END_REFUSED)
+    return _done(
         write=Write.TOMBSTONE,
         end_row=is_login,
         queue=in_redis,

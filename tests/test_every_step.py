@@ -77,10 +77,13 @@ def world(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator
 
 
 def fresh(world: World) -> None:
-    """Nothing left of the previous run: Redis empty, ledger empty, breakers closed."""
+    """Nothing left of the previous run: Redis empty (its scripts too, so that every run
+    sends them the same way: EVALSHA, NOSCRIPT, EVAL), ledger empty, breakers closed."""
     world.proxy.heal()
     world.ledger.heal()
     world.server.flushall()
+    with world.server.client() as raw:
+        raw.script_flush()
     UserSession.objects.all().delete()
     PendingPurge.objects.all().delete()
     reset_breakers()

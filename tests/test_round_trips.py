@@ -55,12 +55,32 @@ def test_a_write_served_from_redis_is_one_get_one_update_and_no_query(
     make_user()
     client = Client()
     login(client)
+    set_values(client, cart="1")  # (Redis has seen the update script since it started)
     restart_clock()
     proxy.reset_log()
     with CaptureQueriesContext(connection) as queries:
         set_values(client, cart="2")
-    assert [[c.name for c in batch] for batch in proxy.batches] == [["GET"], ["EVAL"]]
+    assert [[c.name for c in batch] for batch in proxy.batches] == [["GET"], ["EVALSHA"]]
     assert statements(queries) == []
+
+
+def test_a_write_to_a_redis_without_the_script_sends_it_once(
+    proxy: RedisFaultProxy, redis_server: RedisServer
+) -> None:
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    with redis_server.client() as raw:
+        raw.script_flush()  # as a restarted Redis, or a promoted replica, would be
+    proxy.reset_log()
+    set_values(client, cart="2")
+    names = [[c.name for c in batch] for batch in proxy.batches]
+    assert names == [["GET"], ["EVALSHA"], ["EVAL"]]  # NOSCRIPT, then the script itself
+    proxy.reset_log()
+    set_values(client, cart="3")
+    assert [[c.name for c in batch] for batch in proxy.batches] == [["GET"], ["EVALSHA"]]
+    assert client.get("/get/").json() == {"cart": "3"}
 
 
 def test_a_degraded_read_asks_the_ledger_once(proxy: RedisFaultProxy) -> None:

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "benchmarks.site.middleware.cookie_list",  # for wrk's cookie jars (outermost)
     (
         "django_resilient_sessions.middleware.SessionMiddleware"
         if ENGINE_NAME == "resilient"
