@@ -133,6 +133,7 @@ class Script:
 
 UPDATE_SCRIPT = Script(UPDATE)
 WRITE_BACK_SCRIPT = Script(WRITE_BACK)
+DROP_SCRIPT = Script(DROP)
 
 
 def hash_key(session_key: str) -> str:
@@ -619,7 +620,7 @@ class SessionCache:
         A tombstone found there stays: the session ended meanwhile.
         """
         key = self.entry_key(key_hash)
-        self._call(key, lambda client: client.eval(DROP, 1, key, TOMBSTONE))
+        self._call(key, lambda client: DROP_SCRIPT.run(client, key, TOMBSTONE))
 
     def delete(self, key_hashes: Iterable[str], ttl: int | None = None) -> None:
         """:meth:`tombstone`, raising ``CacheUnavailable`` unless every one was done."""
