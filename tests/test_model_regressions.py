@@ -60,8 +60,8 @@ def test_logout_while_the_backup_is_refused_as_older_ends_the_session(
     device's own backup is now "older than one served" and was answered anonymous, its
     cookies left alone (the concurrency rule then; now it is served its login alone,
     from the row, without the older data). The user then logged out: the load had
-    forgotten the session key and its login, so ``flush()`` ended nothing in the ledger (``/logout/``: nothing at all; ``/flush/``, which deletes before it
-    loads: the key as an anonymous session's, a Redis tombstone at best, no row end) and
+    forgotten the session key and its login, so ``flush()`` ended nothing in the
+    ledger (``/logout/``: nothing at all; ``/flush/``, which deletes before it loads: the key as an anonymous session's, a Redis tombstone at best, no row end) and
     answers 200. The row stays active and the copy stays logged in; once Redis is back
     the device that logged out is logged in again, and the copy survives a Redis restart.
     """
