@@ -56,14 +56,14 @@ def test_logout_while_the_backup_is_refused_as_older_ends_the_session(
     """Model finding F1 (``logout`` after a copy of the same cookies was served).
 
     During an outage a copy of the device's cookies (another tab, or an attacker who
-    copied them) is served and writes: the ledger learns its newer backup version, so the
-    device's own backup is now "older than one served" and was answered anonymous, its
-    cookies left alone (the concurrency rule then; now it is served its login alone,
-    from the row, without the older data). The user then logged out: the load had
-    forgotten the session key and its login, so ``flush()`` ended nothing in the
-    ledger (``/logout/``: nothing at all; ``/flush/``, which deletes before it loads: the key as an anonymous session's, a Redis tombstone at best, no row end) and
-    answers 200. The row stays active and the copy stays logged in; once Redis is back
-    the device that logged out is logged in again, and the copy survives a Redis restart.
+    copied them) is served and writes: the ledger learns its newer backup version, so
+    the device's own backup is now "older than one served". It was answered anonymous
+    then (it is now served its login alone, from the row, without the older data). The
+    user then logged out: the load had forgotten the key and its login, so ``flush()``
+    ended nothing in the ledger (``/logout/``: nothing at all; ``/flush/``, which
+    deletes before it loads: a Redis tombstone at best, no row end) and answered 200.
+    The row stayed active and the copy logged in; once Redis was back the device that
+    logged out was logged in again, and the copy survived a Redis restart.
     """
     make_user()
     device = Client()
