@@ -440,9 +440,13 @@ def cleanup_window(first: int, size: int, now: datetime) -> tuple[int, list[str]
     with transaction.atomic(using=db()):
         # End first, so that a row deleted below was ended (its Redis copy too).
         expired = window.filter(ended_at__isnull=True).exclude(active_q(now))
-        hashes = list(expired.values_list("key_hash", flat=True))
+        found = list(expired.values_list("pk", "key_hash", "expires_at"))
+        hashes = [key_hash for _, key_hash, _ in found]
         bars.after_end(hashes, now)
-        window.filter(key_hash__in=hashes).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
+        # By primary key: the rows read above, whatever happened to them since; not
+        # those past retention, which the delete below takes in this transaction.
+        kept = [pk for pk, _, expires_at in found if expires_at >= cutoff]
+        window.filter(pk__in=kept).update(ended_at=now, end_reason=str(EndReason.EXPIRED))
         # No outbox entry: past the grace, their Redis copies have expired too (see
         # active_q), so there is nothing a queued deletion would have to finish.
         deleted = window.filter(Q(ended_at__lt=cutoff) | Q(expires_at__lt=cutoff)).delete()[0]
