@@ -15,15 +15,18 @@ command (every kind of the proxy) or the Nth ledger statement (every kind of
 
 Invariants, checked after every step (and, for the answer, on the step itself):
 
-- no ended session (logged out or revoked, acknowledged) is ever served logged in: its
-  cookies, all of them since its login, replayed in whatever state Redis is in (down,
-  hung, flushed); and no ledger row of it is active;
+- no ended session (logged out or revoked, acknowledged) is ever served logged in, nor
+  its data: its cookies, all of them since its login, replayed in whatever state Redis
+  is in (down, hung, flushed); and no ledger row of it is active. Those ended while Redis
+  took the tombstone (and not flushed since) are replayed once more with their ledger
+  read failing: then only the tombstone refuses their data;
 - no acknowledged write of a live login is lost, and nothing older is served: each
   logged-in device reads exactly the data the model holds, logged in;
 - no older backup wins: a replayed older cookie pair of a live login is anonymous, or
   shows the newest acknowledged data;
 - never a 5xx but the documented 503 "ledger unavailable", and that only when a
-  ledger statement of the request failed; a 503 changed nothing;
+  ledger statement of the request failed; a 503 changed nothing (the same session
+  cookie; a login's 503 keeps the visit's anonymous data);
 - a login answered 200 has an active ledger row, and the active rows are exactly those of
   the live logins (a login answered 503 left none); an anonymous device is anonymous.
 
@@ -32,6 +35,8 @@ The documented exceptions the model allows, and only where they apply
 
 - a ledger read that fails while a backup's login is used withholds the login for that
   one request (``FAIL_CLOSED``): that answer may be anonymous, with the session's data;
+  and a replay of an ended session then may show its data (anonymous) where Redis could
+  not be asked for the tombstone (docs/security.md, "Database and Redis down together");
 - anonymous data may be rolled back: the model writes only in logged-in sessions, and
   never asserts anonymous data;
 - the activity-interval rollback window is closed by ``ACTIVITY_UPDATE_INTERVAL = 0``
@@ -40,8 +45,11 @@ The documented exceptions the model allows, and only where they apply
   there is one process here, so the model asserts that no ended session is served.
 
 Bounds: ``DRS_MODEL_EXAMPLES`` (default 25) examples of ``DRS_MODEL_STEPS`` (default 30)
-steps, derandomized so that ``make test`` is repeatable; ``DRS_MODEL_RANDOM=1`` draws a
-new seed each run (``make model`` runs 200 examples of 50 steps that way).
+steps, derandomized so that ``make test`` is repeatable (about 10-25 s); ``DRS_MODEL_RANDOM=1``
+draws a new seed each run (``make model`` runs 200 examples of 50 steps that way, a few
+minutes; ``make chaos`` runs it on PostgreSQL). The engine's activity stamps are whole
+seconds of the wall clock, so hypothesis may find a replay of a failing sequence to
+behave differently and report a ``FlakyFailure``: the original assertion is inside it.
 """
 
 from __future__ import annotations
