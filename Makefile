@@ -35,11 +35,17 @@
 #                           failure not in tests/peer/expected_failures.toml (own venv)
 #   make peer-fetch         download those suites (Django's and allauth's sdists) into .cache/
 #   make chaos              full chaos run: 2 gunicorn servers, Redis + Sentinel, 50 users, every
-#                           fault, PostgreSQL (python -m chaos; the short form runs in make test)
+#                           fault, PostgreSQL (python -m chaos; the short form runs in make test),
+#                           then make model on PostgreSQL
 #   make chaos-cluster      the chaos run against a 3-master, 3-replica Redis Cluster: a master
 #                           killed, a shard down, slots resharded, a node hung, the cluster
 #                           restarted empty (python -m chaos cluster; short form in make test)
 #   make fuzz               full HTTP fuzz: 12,000 mutated session/backup cookies at a live server
+#   make model              the model-based test (tests/test_model.py) at length: 200 random
+#                           histories of 50 steps (users, devices, outages, replays, one fault
+#                           per step), a new seed each run (about 5 minutes; MODEL_EXAMPLES,
+#                           MODEL_STEPS; DRS_TEST_DB picks the database); its bounded,
+#                           derandomized form runs in make test; make chaos runs this too
 #   make bench              benchmarks against Django's engines, Redis Cluster against standalone
 #                           Redis, the sizing measurements (~12 min; needs PostgreSQL):
 #                           writes benchmarks/results/ (JSON, latest.md, PNG charts)
@@ -61,6 +67,8 @@ ARTIFACTS ?= test-artifacts
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 FUZZ_ARGS ?=
+MODEL_EXAMPLES ?= 200
+MODEL_STEPS ?= 50
 BENCH_ARGS ?=
 PEER_ARGS ?=
 NOX_ARGS ?=
@@ -85,7 +93,7 @@ PG_READY = if command -v pg_isready >/dev/null 2>&1; then \
 
 .PHONY: help venv redis chromium demo lint docs dist messages gettext test test-sqlite \
 	test-postgres test-django-suite test-allauth django-suite-fetch test-matrix peer-fetch \
-	test-peer bench bench-smoke wrk chaos chaos-cluster fuzz clean test-adoption
+	test-peer bench bench-smoke wrk chaos chaos-cluster fuzz model clean test-adoption
 
 help:
 	@awk 'NR > 2 && /^#/ { sub(/^# ?/, ""); print; next } NR > 2 { exit }' Makefile
@@ -299,12 +307,20 @@ bench-smoke: venv redis
 	$(BIN)/python -m benchmarks --smoke $(BENCH_ARGS)
 
 # The full chaos run (about 3 minutes) against PostgreSQL; exits 1 when an invariant breaks.
+# Then the model-based test at length, on PostgreSQL too.
 chaos: venv redis
 	@$(PG_READY) || { \
 		echo "error: make chaos needs PostgreSQL on $(DRS_TEST_PG_HOST):$(DRS_TEST_PG_PORT)" \
 			"(or run: $(BIN)/python -m chaos --db sqlite)" >&2; \
 		exit 1; }
 	$(BIN)/python -m chaos run --db postgres $(CHAOS_ARGS)
+	DRS_TEST_DB=postgres $(MAKE) --no-print-directory model
+
+# The model-based test (tests/test_model.py) with large bounds and a random seed; a
+# failure prints the shortest sequence found and a @reproduce_failure line to replay it.
+model: venv redis
+	DRS_MODEL_EXAMPLES=$(MODEL_EXAMPLES) DRS_MODEL_STEPS=$(MODEL_STEPS) DRS_MODEL_RANDOM=1 \
+		$(BIN)/pytest tests/test_model.py -p no:cacheprovider -s $(PYTEST_ARGS)
 
 # The chaos run against a private Redis Cluster (about 4 minutes) against PostgreSQL.
 chaos-cluster: venv redis

@@ -43,8 +43,9 @@ LOWEST_PYTHON = "3.10"
 
 #: Tests that run once, in the main pass on the default Python: the browser, the
 #: multi-process, chaos and benchmark runs, the Redis Cluster suites (six redis-servers
-#: each), the every-step walk, the packaging build, and the peer suites' harness (which
-#: runs in .venv-peer, on the default Python, and reads TOML with Python 3.11's tomllib).
+#: each), the every-step walk and the model-based test, the packaging build, and the
+#: peer suites' harness (which runs in .venv-peer, on the default Python, and reads
+#: TOML with Python 3.11's tomllib).
 MAIN_PASS_ONLY = (
     "tests/e2e",
     "tests/test_multiworker.py",
@@ -53,6 +54,7 @@ MAIN_PASS_ONLY = (
     "tests/test_cluster.py",
     "tests/test_redis_cluster_fixture.py",
     "tests/test_every_step.py",
+    "tests/test_model.py",
     "tests/test_packaging.py",
     "tests/test_peer_harness.py",
     # Multi-process runs (gunicorn, a chaos run, several interpreters): once, on the

@@ -2,7 +2,9 @@
 
 Each test is the minimal sequence hypothesis found (redone by hand with the engine's
 default settings where the bug does not need the model's), asserting the contract. All
-four are fixed in the engine; the tests stay as regression tests.
+five are fixed in the engine; the tests stay as regression tests. The model test itself
+runs in ``make test`` (bounded, derandomized) and, longer and with a random seed, in
+``make model`` (which ``make chaos`` runs too).
 """
 
 from __future__ import annotations
@@ -170,5 +172,52 @@ def test_an_outage_write_the_ledger_cannot_protect_is_refused(fault_redis: Redis
         shown = ok(replay(older).get("/state/"))
         assert shown["data"] in ({"a": "1"}, {}), shown  # never the older {"a": "0"}
         assert ok(device.get("/state/")) == {"user": "alice", "degraded": True, "data": {"a": "1"}}
+    finally:
+        fault_redis.resume()
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["first-login", "re-login"])
+def test_a_login_during_an_outage_is_not_refused_for_its_activity_stamp(
+    fault_redis: RedisServer, again: bool
+) -> None:
+    """Model finding F5 (``login`` while Redis is down, a ledger write failing after it).
+
+    With ``ACTIVITY_UPDATE_INTERVAL = 0`` every save is due for an activity stamp. A
+    login during an outage records its row (with the new backup's version); the save that
+    follows, which only the backup keeps, then stamped the row again, and when that one
+    statement failed the save was refused: 503 "nothing changed", yet the row stayed
+    active (a row with no login behind it, listed and counted) and, for a re-login, the
+    device's own backup was now older than the version the row held, so it was answered
+    anonymous, its data gone, for the rest of the outage. The version is recorded: only
+    the stamp waits.
+    """
+    make_user()
+    device = Client()
+    if again:
+        login(device)
+        set_values(device, cart="3")
+
+    def stamp(sql: str, params: object) -> bool:
+        return 'SET "backup_version"' in sql  # the save's stamp (not the login's UPDATE)
+
+    fault_redis.pause()
+    try:
+        with (
+            override_settings(
+                RESILIENT_SESSIONS={"BREAKER_COOLDOWN": COOLDOWN, "ACTIVITY_UPDATE_INTERVAL": 0}
+            ),
+            LedgerFaults() as ledger,
+        ):
+            if again:
+                assert whoami(device)["degraded"] is True
+            ledger.fail_when(stamp)  # the login's own statements go through
+            credentials = {"username": "alice", "password": PASSWORD}
+            response = device.post("/login/", credentials, HTTP_ACCEPT="application/json")
+            ledger.heal()
+            assert response.status_code == 200, response.content[:300]  # fails: 503
+            state = ok(device.get("/state/"))
+            assert state["user"] == "alice"  # fails (re-login): anonymous
+            assert state["data"] == ({"cart": "3"} if again else {})
+            assert UserSession.objects.active().count() == 1
     finally:
         fault_redis.resume()

@@ -158,6 +158,10 @@ class Logins(Loading):
                 auth_hash=str(data[HASH_SESSION_KEY]) if rehash else None,
             )
         except LedgerUnavailable:
+            if version <= self._served and not rehash:
+                # The row has this version (recorded at login, in this very request):
+                # only the activity stamp is missing, and it can wait.
+                return Row.ACTIVE
             return Row.UNWRITABLE  # activity can wait; a backup-only save cannot (decide)
         if not alive:
             return Row.ENDED
