@@ -146,7 +146,7 @@ class Loading(StoreState):
             self.needs_backup = decision.renew
             return self._use_entry(read.entry, backup.version if backup else 0)
         if decision.serve is Serve.LEDGER_LOGIN and self._ledger_login is not None:
-            return self._use_ledger_login(key_hash, read, decision)
+            return self._use_ledger_login(key_hash, read, decision, backup)
         if decision.serve in (Serve.NOTHING, Serve.LEDGER_LOGIN) or backup is None:
             # (The login alone, when its row no longer has it: nothing, cookies kept.)
             if decision.keep_cookies and self.session_key:
@@ -209,13 +209,20 @@ class Loading(StoreState):
         return data
 
     def _use_ledger_login(
-        self, key_hash: str, read: CacheRead, decision: trust.Decision
+        self,
+        key_hash: str,
+        read: CacheRead,
+        decision: trust.Decision,
+        backup: codec.Backup | None = None,
     ) -> dict[str, Any]:
         """Serve the login alone, as its row has it (no copy of the session at hand).
 
-        No lineage: what is written on top of it is a branch of its own.  Its version
-        is the newest the row saw served, so that the backups of what is written on
-        top of it are not taken for rollbacks (an older backup is refused as before).
+        Its version is the newest the row saw served, so that the backups of what is
+        written on top of it are not taken for rollbacks (an older backup is refused
+        as before).  Without a backup, no lineage: what is written on top of it is a
+        branch of its own.  In place of an older ``backup``, it takes that backup's
+        lineage (and the Redis copy's, which that backup descends from): Redis may
+        hold that copy, with the login, so a logout on a branch of it must reach Redis.
         """
         found = self._ledger_login
         assert found is not None
@@ -228,7 +235,11 @@ class Loading(StoreState):
             ROW_EXPIRY_KEY: int(found.expires_at),
             ROW_HASH_KEY: lifecycle.fingerprint(found.auth_hash),
         }
-        data = self._use(found.served, 0, data, "ledger", in_cache=False)
+        base = 0
+        if backup is not None:
+            base = max(backup.base, read.entry.version if read.entry is not None else 0)
+            self._parent = codec.token_tag(self.backup_token or "")
+        data = self._use(found.served, base, data, "ledger", in_cache=False)
         if self.session_key is None:
             return data  # timed out
         self._served = found.served
