@@ -460,6 +460,30 @@ def test_a_branch_of_the_login_alone_wins_over_the_older_redis_copy_after_the_ou
     assert get_values(browser) == {"wish": "3"}
 
 
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_a_read_on_the_login_alone_renews_nothing_when_every_request_saves(
+    fault_redis: RedisServer,
+) -> None:
+    """A request racing another (same cookies, sent before the other's answer came
+    back) is served the login alone; it only reads.  Saving on every request must not
+    turn that read into a newer backup of the login alone, over the other's answer."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # the other request: answered, its backup kept
+        racing = replay(held)
+        response = racing.get("/whoami/")
+        assert ok(response) == {"user": "alice", "degraded": True}
+        assert not response.cookies  # a read renews nothing (the other's answer stands)
+        assert get_values(client) == {"cart": "2"}
+    finally:
+        fault_redis.resume()
+
+
 def test_a_branch_that_redis_never_saw_does_not_overwrite_it(fault_redis: RedisServer) -> None:
     """The 0.1 hole: an old anonymous branch, made "newer" by writes, overwrote Redis."""
     client = Client()

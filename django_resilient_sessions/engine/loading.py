@@ -246,8 +246,10 @@ class Loading(StoreState):
         if decision.reason == trust.ROLLBACK:
             # In place of an older backup (a response the browser lost, a tab that
             # raced another): a read renews nothing, so the newer backup the client
-            # may still hold is not overwritten by one of the login alone.
+            # may still hold is not overwritten by one of the login alone (nor by a
+            # save of every request: see Saving).
             self.needs_backup = False
+            self._renews_nothing = True
         health.count("restored_from_ledger")
         if decision.write is not Write.NONE:
             ttl = int(found.expires_at - time.time())
