@@ -484,6 +484,29 @@ def test_a_read_on_the_login_alone_renews_nothing_when_every_request_saves(
         fault_redis.resume()
 
 
+def test_the_login_alone_keeps_the_expiry_the_session_was_given(
+    fault_redis: RedisServer,
+) -> None:
+    """``set_expiry(600)`` (a "remember me" left unticked): the login alone served in
+    place of an older backup must not come back with ``SESSION_COOKIE_AGE``, nor
+    stretch its row that far at the next save."""
+    make_user()
+    client = Client()
+    login(client)
+    assert ok(client.post("/expiry/", {"seconds": 600}))
+    set_values(client, cart="1")
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # served and recorded; its answer is lost
+        browser = replay(held)
+        set_values(browser, wish="3")  # on the login alone
+        row = row_of(browser)
+        assert row.expires_at <= timezone.now() + timedelta(seconds=600 + 60)
+    finally:
+        fault_redis.resume()
+
+
 def test_a_branch_that_redis_never_saw_does_not_overwrite_it(fault_redis: RedisServer) -> None:
     """The 0.1 hole: an old anonymous branch, made "newer" by writes, overwrote Redis."""
     client = Client()

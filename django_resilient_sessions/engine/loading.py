@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
 from .. import (
@@ -36,6 +37,9 @@ from ..conf import (
 from ..exceptions import CacheUnavailable, LedgerUnavailable
 from ..trust import Cache, Row, Serve, Write
 from .state import NO_TAG, StoreState, send
+
+#: Where ``SessionBase.set_expiry()`` keeps a session's own expiry.
+EXPIRY_KEY = "_session_expiry"
 
 logger = logging.getLogger("django_resilient_sessions")
 security_logger = logging.getLogger("django.security.SuspiciousSession")
@@ -235,6 +239,12 @@ class Loading(StoreState):
             ROW_EXPIRY_KEY: int(found.expires_at),
             ROW_HASH_KEY: lifecycle.fingerprint(found.auth_hash),
         }
+        # The row's expiry is the session's (``set_expiry()`` moves it): never serve the
+        # login for longer than that, as the default age would (and the next save would
+        # stretch the row to it).  Sliding, as an age: a row just renewed keeps the default.
+        left = int(found.expires_at - time.time())
+        if left < settings.SESSION_COOKIE_AGE - conf.ACTIVITY_UPDATE_INTERVAL:
+            data[EXPIRY_KEY] = max(left, 1)
         base = 0
         if backup is not None:
             base = max(backup.base, read.entry.version if read.entry is not None else 0)
