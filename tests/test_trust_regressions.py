@@ -507,6 +507,34 @@ def test_the_login_alone_keeps_the_expiry_the_session_was_given(
         fault_redis.resume()
 
 
+def test_a_logout_on_a_branch_of_the_login_alone_without_a_backup_reaches_redis(
+    fault_redis: RedisServer,
+) -> None:
+    """As above, for a browser that sends its session cookie without the backup (the
+    browser evicted it): the login alone, a save, a logout, Redis hung throughout."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    stolen = {settings.SESSION_COOKIE_NAME: session_key(client)}  # the session id alone
+    fault_redis.pause()
+    try:
+        browser = replay(stolen)
+        set_values(browser, wish="3")  # on the login alone: a branch of its own
+        assert whoami(browser) == {"user": "alice", "degraded": True}
+        assert ok(browser.post("/logout/")) == {"ok": True}
+        assert not UserSession.objects.active().exists()
+    finally:
+        fault_redis.resume()
+    thief = replay(stolen)
+    wait_cooldown()
+    for _ in range(3):
+        if not whoami(thief)["degraded"]:
+            break
+        wait_cooldown()
+    assert whoami(thief) == {"user": None, "degraded": False}
+
+
 def test_a_branch_that_redis_never_saw_does_not_overwrite_it(fault_redis: RedisServer) -> None:
     """The 0.1 hole: an old anonymous branch, made "newer" by writes, overwrote Redis."""
     client = Client()
