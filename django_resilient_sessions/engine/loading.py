@@ -239,12 +239,12 @@ class Loading(StoreState):
             ROW_EXPIRY_KEY: int(found.expires_at),
             ROW_HASH_KEY: lifecycle.fingerprint(found.auth_hash),
         }
-        # The row's expiry is the session's (``set_expiry()`` moves it): never serve the
-        # login for longer than that, as the default age would (and the next save would
-        # stretch the row to it).  Sliding, as an age: a row just renewed keeps the default.
-        left = int(found.expires_at - time.time())
-        if left < settings.SESSION_COOKIE_AGE - conf.ACTIVITY_UPDATE_INTERVAL:
-            data[EXPIRY_KEY] = max(left, 1)
+        # The row holds the session's age (``set_expiry()`` moves it, and each renewal
+        # sets both stamps): a shorter one than the default is kept, or the login would
+        # come back with SESSION_COOKIE_AGE (and the next save stretch the row to it).
+        age = int(found.expires_at - found.seen_at)
+        if age < settings.SESSION_COOKIE_AGE - conf.ACTIVITY_UPDATE_INTERVAL:
+            data[EXPIRY_KEY] = max(age, 1)
         base = 0
         if backup is not None:
             base = max(backup.base, read.entry.version if read.entry is not None else 0)
