@@ -406,6 +406,135 @@ def test_a_browser_that_lost_an_answer_during_an_outage_stays_logged_in(
     assert whoami(browser)["user"] == "alice"
 
 
+def test_a_logout_on_a_branch_of_the_login_alone_reaches_the_redis_copy(
+    fault_redis: RedisServer,
+) -> None:
+    """The login alone (in place of an older backup) is served during an outage while
+    Redis still holds the session; a save branches from it, then the user logs out,
+    Redis still hung.  The Redis copy (with the login) must not come back afterwards."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    stolen = {settings.SESSION_COOKIE_NAME: session_key(client)}  # the session id alone
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # served and recorded; its answer is lost
+        browser = replay(held)
+        set_values(browser, wish="3")  # on the login alone: a branch of its own
+        assert whoami(browser) == {"user": "alice", "degraded": True}
+        assert ok(browser.post("/logout/")) == {"ok": True}
+        assert not UserSession.objects.active().exists()
+    finally:
+        fault_redis.resume()
+    thief = replay(stolen)
+    wait_cooldown()
+    for _ in range(3):
+        if not whoami(thief)["degraded"]:
+            break
+        wait_cooldown()
+    assert whoami(thief) == {"user": None, "degraded": False}
+
+
+def test_a_branch_of_the_login_alone_wins_over_the_older_redis_copy_after_the_outage(
+    fault_redis: RedisServer,
+) -> None:
+    """What the user wrote on the login alone (acknowledged) is newer than the Redis
+    copy that the older backup descends from: Redis, once back, must not win over it
+    (nor bring back the data of that older copy)."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # served and recorded; its answer is lost
+        browser = replay(held)
+        set_values(browser, wish="3")  # on the login alone: a branch of its own
+        assert get_values(browser) == {"wish": "3"}
+    finally:
+        fault_redis.resume()
+    recover(browser)
+    assert get_values(browser) == {"wish": "3"}
+
+
+@override_settings(SESSION_SAVE_EVERY_REQUEST=True)
+def test_a_read_on_the_login_alone_renews_nothing_when_every_request_saves(
+    fault_redis: RedisServer,
+) -> None:
+    """A request racing another (same cookies, sent before the other's answer came
+    back) is served the login alone; it only reads.  Saving on every request must not
+    turn that read into a newer backup of the login alone, over the other's answer."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # the other request: answered, its backup kept
+        racing = replay(held)
+        response = racing.get("/whoami/")
+        assert ok(response) == {"user": "alice", "degraded": True}
+        assert not response.cookies  # a read renews nothing (the other's answer stands)
+        assert get_values(client) == {"cart": "2"}
+    finally:
+        fault_redis.resume()
+
+
+def test_the_login_alone_keeps_the_expiry_the_session_was_given(
+    fault_redis: RedisServer,
+) -> None:
+    """``set_expiry(600)`` (a "remember me" left unticked): the login alone served in
+    place of an older backup must not come back with ``SESSION_COOKIE_AGE``, nor
+    stretch its row that far at the next save."""
+    make_user()
+    client = Client()
+    login(client)
+    assert ok(client.post("/expiry/", {"seconds": 600}))
+    set_values(client, cart="1")
+    fault_redis.pause()
+    try:
+        held = captured(client)
+        set_values(client, cart="2")  # served and recorded; its answer is lost
+        browser = replay(held)
+        set_values(browser, wish="3")  # on the login alone
+        row = row_of(browser)
+        assert row.expires_at <= timezone.now() + timedelta(seconds=600 + 60)
+    finally:
+        fault_redis.resume()
+
+
+def test_a_logout_on_a_branch_of_the_login_alone_without_a_backup_reaches_redis(
+    fault_redis: RedisServer,
+) -> None:
+    """As above, for a browser that sends its session cookie without the backup (the
+    browser evicted it): the login alone, a save, a logout, Redis hung throughout."""
+    make_user()
+    client = Client()
+    login(client)
+    set_values(client, cart="1")
+    stolen = {settings.SESSION_COOKIE_NAME: session_key(client)}  # the session id alone
+    fault_redis.pause()
+    try:
+        browser = replay(stolen)
+        set_values(browser, wish="3")  # on the login alone: a branch of its own
+        assert whoami(browser) == {"user": "alice", "degraded": True}
+        assert ok(browser.post("/logout/")) == {"ok": True}
+        assert not UserSession.objects.active().exists()
+    finally:
+        fault_redis.resume()
+    thief = replay(stolen)
+    wait_cooldown()
+    for _ in range(3):
+        if not whoami(thief)["degraded"]:
+            break
+        wait_cooldown()
+    assert whoami(thief) == {"user": None, "degraded": False}
+
+
 def test_a_branch_that_redis_never_saw_does_not_overwrite_it(fault_redis: RedisServer) -> None:
     """The 0.1 hole: an old anonymous branch, made "newer" by writes, overwrote Redis."""
     client = Client()

@@ -52,10 +52,13 @@ class Ending(Saving):
         """Could Redis hold a copy of this session (so that ending it must reach Redis)?
 
         Yes if it was read from or written to Redis, if its lineage went through
-        Redis (``base``), or if it was served from its ledger row (Redis may
-        hold the rest of it).
+        Redis (``base``), if it was served from its ledger row (Redis may hold the
+        rest of it), or if it holds a tracked login: a branch written on top of the
+        login alone has no lineage, yet Redis may hold the copy it stood in for,
+        login included (a deletion queued for nothing is a tombstone later).
         """
-        return self._in_cache or self._base > 0 or self.source == "ledger"
+        in_lineage = self._in_cache or self._base > 0 or self.source == "ledger"
+        return in_lineage or self._login() is not None
 
     def _login(self) -> str | None:
         """The login this session holds, shows, or holds back (``None``: anonymous)."""

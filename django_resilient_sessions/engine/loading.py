@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
 from .. import (
@@ -36,6 +37,9 @@ from ..conf import (
 from ..exceptions import CacheUnavailable, LedgerUnavailable
 from ..trust import Cache, Row, Serve, Write
 from .state import NO_TAG, StoreState, send
+
+#: Where ``SessionBase.set_expiry()`` keeps a session's own expiry.
+EXPIRY_KEY = "_session_expiry"
 
 logger = logging.getLogger("django_resilient_sessions")
 security_logger = logging.getLogger("django.security.SuspiciousSession")
@@ -146,7 +150,7 @@ class Loading(StoreState):
             self.needs_backup = decision.renew
             return self._use_entry(read.entry, backup.version if backup else 0)
         if decision.serve is Serve.LEDGER_LOGIN and self._ledger_login is not None:
-            return self._use_ledger_login(key_hash, read, decision)
+            return self._use_ledger_login(key_hash, read, decision, backup)
         if decision.serve in (Serve.NOTHING, Serve.LEDGER_LOGIN) or backup is None:
             # (The login alone, when its row no longer has it: nothing, cookies kept.)
             if decision.keep_cookies and self.session_key:
@@ -209,13 +213,20 @@ class Loading(StoreState):
         return data
 
     def _use_ledger_login(
-        self, key_hash: str, read: CacheRead, decision: trust.Decision
+        self,
+        key_hash: str,
+        read: CacheRead,
+        decision: trust.Decision,
+        backup: codec.Backup | None = None,
     ) -> dict[str, Any]:
         """Serve the login alone, as its row has it (no copy of the session at hand).
 
-        No lineage: what is written on top of it is a branch of its own.  Its version
-        is the newest the row saw served, so that the backups of what is written on
-        top of it are not taken for rollbacks (an older backup is refused as before).
+        Its version is the newest the row saw served, so that the backups of what is
+        written on top of it are not taken for rollbacks (an older backup is refused
+        as before).  Without a backup, no lineage: what is written on top of it is a
+        branch of its own.  In place of an older ``backup``, it takes that backup's
+        lineage (and the Redis copy's, which that backup descends from): Redis may
+        hold that copy, with the login, so a logout on a branch of it must reach Redis.
         """
         found = self._ledger_login
         assert found is not None
@@ -228,15 +239,27 @@ class Loading(StoreState):
             ROW_EXPIRY_KEY: int(found.expires_at),
             ROW_HASH_KEY: lifecycle.fingerprint(found.auth_hash),
         }
-        data = self._use(found.served, 0, data, "ledger", in_cache=False)
+        # The row holds the session's age (``set_expiry()`` moves it, and each renewal
+        # sets both stamps): a shorter one than the default is kept, or the login would
+        # come back with SESSION_COOKIE_AGE (and the next save stretch the row to it).
+        age = int(found.expires_at - found.seen_at)
+        if age < settings.SESSION_COOKIE_AGE - conf.ACTIVITY_UPDATE_INTERVAL:
+            data[EXPIRY_KEY] = max(age, 1)
+        base = 0
+        if backup is not None:
+            base = max(backup.base, read.entry.version if read.entry is not None else 0)
+            self._parent = codec.token_tag(self.backup_token or "")
+        data = self._use(found.served, base, data, "ledger", in_cache=False)
         if self.session_key is None:
             return data  # timed out
         self._served = found.served
         if decision.reason == trust.ROLLBACK:
             # In place of an older backup (a response the browser lost, a tab that
             # raced another): a read renews nothing, so the newer backup the client
-            # may still hold is not overwritten by one of the login alone.
+            # may still hold is not overwritten by one of the login alone (nor by a
+            # save of every request: see Saving).
             self.needs_backup = False
+            self._renews_nothing = True
         health.count("restored_from_ledger")
         if decision.write is not Write.NONE:
             ttl = int(found.expires_at - time.time())

@@ -76,6 +76,13 @@ class Saving(Logins):
         data = self._get_session(no_load=must_create)  # type: ignore[attr-defined]
         if self.session_key is None:
             raise UpdateError  # the load found no such session: nothing to update (as Django)
+        if self._renews_nothing and not (self.modified or must_create):
+            # The login alone in place of an older backup: its backup would overwrite
+            # the newer one the client may hold, and the row would take it as newest.
+            self.interrupted = True
+            self.sealed = None
+            return "none"
+        self._renews_nothing = False
         key_hash = self.key_hash
         version = self._version + 1
         now = time.time()

@@ -63,7 +63,8 @@ class StoreState(SessionBase):
         #: Adopted under a new key (a signed cookie, refused from now on): the new key
         #: must reach the browser even with a failed response (see the middleware).
         self.adopted_new_key = False
-        #: A renewal found the session ended meanwhile: the middleware sets nothing.
+        #: A renewal found the session ended meanwhile, or must not be written (the
+        #: login alone in place of an older backup): the middleware sets nothing.
         self.interrupted = False
         self._version = 0  # of the copy in hand
         self._base = 0  # the Redis version it descends from (0: never in Redis)
@@ -78,6 +79,9 @@ class StoreState(SessionBase):
         # Adoption from PREVIOUS_ENGINE was tried for this key (see ..adoption).
         self._adoption_done = False
         self._in_cache = False  # Redis holds the copy in hand
+        # The login alone, served in place of an older backup: a save of nothing
+        # new (SESSION_SAVE_EVERY_REQUEST) writes nothing, as a read renews nothing.
+        self._renews_nothing = False
         # A backup's login the ledger could not vouch for: kept out of the
         # session (fail closed), sealed into the next backup, so it comes back
         # once the database answers.
