@@ -429,11 +429,7 @@ def test_a_logout_on_a_branch_of_the_login_alone_reaches_the_redis_copy(
     finally:
         fault_redis.resume()
     thief = replay(stolen)
-    wait_cooldown()
-    for _ in range(3):
-        if not whoami(thief)["degraded"]:
-            break
-        wait_cooldown()
+    recover(thief)
     assert whoami(thief) == {"user": None, "degraded": False}
 
 
@@ -527,11 +523,7 @@ def test_a_logout_on_a_branch_of_the_login_alone_without_a_backup_reaches_redis(
     finally:
         fault_redis.resume()
     thief = replay(stolen)
-    wait_cooldown()
-    for _ in range(3):
-        if not whoami(thief)["degraded"]:
-            break
-        wait_cooldown()
+    recover(thief)
     assert whoami(thief) == {"user": None, "degraded": False}
 
 
